@@ -1,0 +1,62 @@
+import Crypto
+import _CryptoExtras
+import Foundation
+
+/// The AES building blocks restic's format uses, on top of swift-crypto (BoringSSL).
+enum AESPrimitives {
+    /// AES-CTR keystream XOR of `input` into `output` (same length), under a 16/24/32-byte `key`, with
+    /// `iv` (16 bytes) as the initial counter block, incremented as one 128-bit big-endian integer
+    /// (wrapping at 2^128), as Go's `cipher.NewCTR` does.
+    static func ctr(key: [UInt8], iv: UnsafeRawBufferPointer, input: UnsafeRawBufferPointer,
+                    output: UnsafeMutableRawBufferPointer) {
+        precondition(iv.count == 16, "AES-CTR IV must be 16 bytes")
+        precondition(output.count == input.count, "AES-CTR output size must equal input size")
+        precondition([16, 24, 32].contains(key.count), "AES key must be 16, 24 or 32 bytes")
+        guard input.count > 0 else { return }
+        // With a 16-byte nonce, BoringSSL's AES_ctr128_encrypt treats it as the full counter block;
+        // its 32-bit fast path carries into the upper 96 bits, i.e. a 128-bit increment.
+        let nonce = try! AES._CTR.Nonce(nonceBytes: iv)
+        let result = try! AES._CTR.encrypt(input, using: SymmetricKey(data: key), nonce: nonce)
+        precondition(result.count == input.count)
+        result.copyBytes(to: output)
+    }
+
+    /// AES-CTR as above, returning a new array.
+    static func ctr(key: [UInt8], iv: [UInt8], input: [UInt8]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: input.count)
+        iv.withUnsafeBytes { ivp in
+            input.withUnsafeBytes { inp in
+                out.withUnsafeMutableBytes { outp in ctr(key: key, iv: ivp, input: inp, output: outp) }
+            }
+        }
+        return out
+    }
+
+    /// One AES block encryption (ECB of a single 16-byte block) under a 16/24/32-byte key.
+    static func encryptBlock(key: [UInt8], block: UnsafeRawBufferPointer) -> [UInt8] {
+        precondition(block.count == 16, "AES block must be 16 bytes")
+        precondition([16, 24, 32].contains(key.count), "AES key must be 16, 24 or 32 bytes")
+        var out = [UInt8](block)
+        try! AES.permute(&out, key: SymmetricKey(data: key))
+        return out
+    }
+
+    /// Poly1305-AES (Bernstein 2005) as restic uses it: the tag of `message` under r (clamped here)
+    /// and s = AES-128_k(nonce).
+    static func poly1305AES(message: UnsafeRawBufferPointer, k: [UInt8], r: [UInt8],
+                            nonce: UnsafeRawBufferPointer) -> (UInt64, UInt64) {
+        precondition(k.count == 16 && r.count == 16, "Poly1305-AES keys must be 16 bytes each")
+        let s = encryptBlock(key: k, block: nonce)
+        return r.withUnsafeBytes { rp in
+            s.withUnsafeBytes { sp in Poly1305.tag(message: message, r: rp, s: sp) }
+        }
+    }
+
+    /// Array convenience for `poly1305AES`, returning the 16 tag bytes.
+    static func poly1305AES(message: [UInt8], k: [UInt8], r: [UInt8], nonce: [UInt8]) -> [UInt8] {
+        let (t0, t1) = message.withUnsafeBytes { m in
+            nonce.withUnsafeBytes { n in poly1305AES(message: m, k: k, r: r, nonce: n) }
+        }
+        return Poly1305.tagBytes(t0, t1)
+    }
+}

@@ -1,0 +1,149 @@
+// CONTRACT (helper fills in the bodies; keep the public signatures):
+//
+// A repository's master key: AES-256 encryption key plus Poly1305-AES MAC keys (k: AES-128 key, r: clamped).
+// Sealed format, as restic: IV(16, random) || AES-256-CTR(ciphertext, IV as full 128-bit big-endian counter)
+// || Poly1305-AES MAC(16) over the ciphertext only, with nonce = IV.
+import Foundation
+
+/// A repository's master key: AES-256-CTR encryption plus Poly1305-AES authentication, as restic.
+public struct MasterKey: Sendable, Equatable {
+    public var encryptionKey: [UInt8]  // 32 bytes
+    public var macK: [UInt8]           // 16 bytes
+    public var macR: [UInt8]           // 16 bytes, clamped as Poly1305 requires
+
+    /// Bytes `seal` adds: 16 IV + 16 MAC.
+    public static let overhead = 32
+
+    public init(encryptionKey: [UInt8], macK: [UInt8], macR: [UInt8]) {
+        self.encryptionKey = encryptionKey; self.macK = macK; self.macR = macR
+    }
+
+    /// A new key from the system's CSPRNG.
+    public static func random() -> MasterKey {
+        var rng = SystemRandomNumberGenerator()
+        var r = randomBytes(16, using: &rng)
+        clamp(&r)
+        return MasterKey(encryptionKey: randomBytes(32, using: &rng), macK: randomBytes(16, using: &rng), macR: r)
+    }
+
+    /// Encrypts and authenticates `plaintext`: returns IV || ciphertext || MAC.
+    public func seal(_ plaintext: UnsafeRawBufferPointer) -> [UInt8] {
+        precondition(isWellFormed, "MasterKey needs a 32-byte encryption key and 16-byte MAC keys")
+        var rng = SystemRandomNumberGenerator()
+        var iv = MasterKey.randomBytes(16, using: &rng)
+        while iv.allSatisfy({ $0 == 0 }) {  // restic refuses an all-zero IV
+            iv = MasterKey.randomBytes(16, using: &rng)
+        }
+        return seal(plaintext, iv: iv)
+    }
+
+    /// Checks the MAC, then decrypts. Throws `HavenError` with code `.corrupt` when the input is shorter
+    /// than 32 bytes or the MAC does not match (wrong key or damaged bytes).
+    public func open(_ sealed: UnsafeRawBufferPointer) throws -> [UInt8] {
+        guard isWellFormed else {
+            throw HavenError(.invalidArgument, "master key is malformed: needs a 32-byte encryption key and 16-byte MAC keys")
+        }
+        guard sealed.count >= MasterKey.overhead else {
+            throw HavenError.corrupt("encrypted data", "\(sealed.count) bytes is shorter than the 32-byte IV and MAC")
+        }
+        let ctEnd = sealed.count - 16
+        let iv = UnsafeRawBufferPointer(rebasing: sealed[0..<16])
+        let ciphertext = UnsafeRawBufferPointer(rebasing: sealed[16..<ctEnd])
+        let stored = UnsafeRawBufferPointer(rebasing: sealed[ctEnd...])
+        let (t0, t1) = AESPrimitives.poly1305AES(message: ciphertext, k: macK, r: macR, nonce: iv)
+        var expected = (t0.littleEndian, t1.littleEndian)
+        let ok = withUnsafeBytes(of: &expected) { Poly1305.tagsEqual($0, stored) }
+        guard ok else {
+            throw HavenError.corrupt("encrypted data", "MAC does not match (wrong key, or the bytes were modified)")
+        }
+        var plaintext = [UInt8](repeating: 0, count: ciphertext.count)
+        plaintext.withUnsafeMutableBytes { out in
+            AESPrimitives.ctr(key: encryptionKey, iv: iv, input: ciphertext, output: out)
+        }
+        return plaintext
+    }
+}
+
+extension MasterKey {
+    /// `seal` for an array.
+    public func seal(_ plaintext: [UInt8]) -> [UInt8] { plaintext.withUnsafeBytes { seal($0) } }
+    /// `open` for an array.
+    public func open(_ sealed: [UInt8]) throws -> [UInt8] { try sealed.withUnsafeBytes { try open($0) } }
+}
+
+extension MasterKey {
+    /// Whether the three keys have the sizes the format needs (32, 16, 16 bytes).
+    var isWellFormed: Bool { encryptionKey.count == 32 && macK.count == 16 && macR.count == 16 }
+
+    /// Seals with a caller-chosen IV (16 bytes). Internal: only tests need a fixed IV.
+    func seal(_ plaintext: UnsafeRawBufferPointer, iv: [UInt8]) -> [UInt8] {
+        precondition(isWellFormed, "MasterKey needs a 32-byte encryption key and 16-byte MAC keys")
+        precondition(iv.count == 16, "IV must be 16 bytes")
+        let n = plaintext.count
+        return [UInt8](unsafeUninitializedCapacity: n + MasterKey.overhead) { buffer, initialized in
+            let out = UnsafeMutableRawBufferPointer(buffer)
+            iv.withUnsafeBytes { ivp in
+                out.baseAddress!.copyMemory(from: ivp.baseAddress!, byteCount: 16)
+                let ciphertext = UnsafeMutableRawBufferPointer(rebasing: out[16..<(16 + n)])
+                AESPrimitives.ctr(key: encryptionKey, iv: ivp, input: plaintext, output: ciphertext)
+                let (t0, t1) = AESPrimitives.poly1305AES(message: UnsafeRawBufferPointer(ciphertext),
+                                                         k: macK, r: macR, nonce: ivp)
+                out.storeBytes(of: t0.littleEndian, toByteOffset: 16 + n, as: UInt64.self)
+                out.storeBytes(of: t1.littleEndian, toByteOffset: 24 + n, as: UInt64.self)
+            }
+            initialized = n + MasterKey.overhead
+        }
+    }
+
+    /// Clears the bits Poly1305 requires to be zero in r (RFC 8439 §2.5).
+    static func clamp(_ r: inout [UInt8]) {
+        precondition(r.count == 16)
+        for i in [3, 7, 11, 15] { r[i] &= 15 }
+        for i in [4, 8, 12] { r[i] &= 252 }
+    }
+
+    static func randomBytes(_ count: Int, using rng: inout SystemRandomNumberGenerator) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var i = 0
+        while i < count {
+            let word = rng.next() as UInt64
+            withUnsafeBytes(of: word.littleEndian) { w in
+                for j in 0..<min(8, count - i) { bytes[i + j] = w[j] }
+            }
+            i += 8
+        }
+        return bytes
+    }
+
+    /// The master key as restic stores it inside a key file: {"mac":{"k":…,"r":…},"encrypt":…}.
+    func jsonBytes() -> [UInt8] {
+        let json = "{\"mac\":{\"k\":\"\(Data(macK).base64EncodedString())\",\"r\":\"\(Data(macR).base64EncodedString())\"},"
+            + "\"encrypt\":\"\(Data(encryptionKey).base64EncodedString())\"}"
+        return Array(json.utf8)
+    }
+
+    private struct JSONForm: Decodable {
+        struct MAC: Decodable { var k: String; var r: String }
+        var mac: MAC
+        var encrypt: String
+    }
+
+    /// Parses the master-key JSON; throws `.corrupt` for anything malformed or of the wrong size.
+    static func fromJSON(_ bytes: [UInt8]) throws -> MasterKey {
+        let form: JSONForm
+        do {
+            form = try JSONDecoder().decode(JSONForm.self, from: Data(bytes))
+        } catch {
+            throw HavenError.corrupt("master key", "the decrypted key data is not valid master-key JSON")
+        }
+        guard let k = Data(base64Encoded: form.mac.k), let r = Data(base64Encoded: form.mac.r),
+              let e = Data(base64Encoded: form.encrypt) else {
+            throw HavenError.corrupt("master key", "a key field is not valid base64")
+        }
+        guard k.count == 16, r.count == 16, e.count == 32 else {
+            throw HavenError.corrupt("master key", "key sizes are \(e.count)/\(k.count)/\(r.count) bytes, expected 32/16/16")
+        }
+        // r is kept exactly as stored (restic writes it unclamped); Poly1305 clamps it when used.
+        return MasterKey(encryptionKey: Array(e), macK: Array(k), macR: Array(r))
+    }
+}

@@ -1,0 +1,283 @@
+import Foundation
+
+/// An open repository: storage, master key, config and index. The engine's entry point.
+public final class Repository: Sendable {
+    public let storage: any Storage
+    public let key: MasterKey
+    public let config: RepositoryConfig
+    public let index = MasterIndex()
+    /// The key file this repository was opened with.
+    public let keyID: ID
+
+    init(storage: any Storage, key: MasterKey, config: RepositoryConfig, keyID: ID) {
+        self.storage = storage
+        self.key = key
+        self.config = config
+        self.keyID = keyID
+    }
+
+    public var version: Int { config.version }
+
+    // MARK: Creating and opening
+
+    /// Creates a new repository in `storage` and returns it opened.
+    public static func initialize(
+        storage: any Storage, password: String, version: Int = 2,
+        polynomial: Polynomial? = nil, kdf: KDFParameters? = nil,
+        hostname: String = Host.name, username: String = Host.user
+    ) async throws -> Repository {
+        guard version == 1 || version == 2 else {
+            throw HavenError(.invalidArgument, "repository version \(version) is not supported; use 1 or 2")
+        }
+        if try await storage.exists(.config) {
+            throw HavenError(.invalidArgument, "a repository already exists at \(storage.location); choose another location")
+        }
+        try await storage.create()
+        let master = MasterKey.random()
+        var idBytes = [UInt8](repeating: 0, count: 32)
+        var rng = SystemRandomNumberGenerator()
+        for i in idBytes.indices { idBytes[i] = rng.next() }
+        let config = RepositoryConfig(version: version, id: Hex.encode(idBytes), chunkerPolynomial: polynomial ?? Polynomial.random())
+        let keyFile = try KeyFile.create(password: password, master: master, parameters: kdf ?? KDFParameters.calibrate(),
+                                         hostname: hostname, username: username)
+        let keyBytes = try keyFile.encoded()
+        let keyID = ID.hash(keyBytes)
+        try await storage.save(Handle(.key, keyID), keyBytes)
+        // The config is encrypted but never compressed: a reader must decrypt it before it knows the version.
+        try await storage.save(.config, master.seal(config.encoded()))
+        return Repository(storage: storage, key: master, config: config, keyID: keyID)
+    }
+
+    /// Opens the repository in `storage` with `password`.
+    ///
+    /// Throws `.repositoryNotFound` when there is no config, `.wrongPassword` when no key opens.
+    public static func open(storage: any Storage, password: String, maxKeys: Int = 20) async throws -> Repository {
+        let sealedConfig: [UInt8]
+        do {
+            sealedConfig = try await storage.load(.config)
+        } catch let e as HavenError where e.code == .notFound {
+            throw HavenError(.repositoryNotFound, "no repository at \(storage.location): the config file is missing (create one with `haven init`)")
+        }
+        let keys = try await storage.list(.key)
+        guard !keys.isEmpty else { throw HavenError(.notARepository, "\(storage.location) has no key files; it is not a usable repository") }
+        var lastError: HavenError?
+        for k in keys.prefix(maxKeys) {
+            guard let kid = ID(hex: k.name) else { continue }
+            guard k.size < 1 << 20 else { continue }
+            let bytes = try await storage.load(Handle(.key, kid))
+            let master: MasterKey
+            do {
+                let file = try KeyFile.decode(bytes)
+                master = try file.open(password: password)
+            } catch let e as HavenError {
+                if e.code != .wrongPassword { lastError = HavenError(e.code, "key \(kid.short): \(e.message)") }
+                continue
+            }
+            let plain: [UInt8]
+            do {
+                plain = try master.open(sealedConfig)
+            } catch {
+                throw HavenError(.corrupt, "config in \(storage.location) is damaged: it does not authenticate with the master key")
+            }
+            let config = try RepositoryConfig.decode(plain)
+            return Repository(storage: storage, key: master, config: config, keyID: kid)
+        }
+        if let lastError, keys.count == 1 { throw lastError }
+        throw HavenError(.wrongPassword, "wrong password or no key found for \(storage.location)")
+    }
+
+    // MARK: Unpacked files (config, index, snapshot, lock)
+
+    /// Loads, checks and decrypts a stored file, and decompresses it in a version 2 repository.
+    public func loadUnpacked(_ handle: Handle) async throws -> [UInt8] {
+        let raw = try await storage.load(handle)
+        if handle.type != .config {
+            guard let expected = ID(hex: handle.name), ID.hash(raw) == expected else {
+                throw HavenError(.corrupt, "\(handle.path) is damaged: its content does not match its name (SHA-256)")
+            }
+        }
+        let plain: [UInt8]
+        do { plain = try key.open(raw) } catch {
+            throw HavenError(.corrupt, "\(handle.path) is damaged: decryption failed (MAC mismatch)")
+        }
+        return try decodeUnpacked(plain, what: handle.path)
+    }
+
+    func decodeUnpacked(_ plain: [UInt8], what: String) throws -> [UInt8] {
+        guard let first = plain.first else { throw HavenError(.corrupt, "\(what) is empty") }
+        if first == UInt8(ascii: "{") || first == UInt8(ascii: "[") { return plain }
+        guard version >= 2 else { throw HavenError(.corrupt, "\(what) is not JSON") }
+        guard first == 2 else { throw HavenError(.corrupt, "\(what) has unknown encoding version \(first)") }
+        do {
+            return try plain.withUnsafeBytes { try Zstd.decompress(UnsafeRawBufferPointer(rebasing: $0[1...]), limit: 1 << 30) }
+        } catch let e as HavenError {
+            throw HavenError(.corrupt, "\(what) is damaged: \(e.message)")
+        }
+    }
+
+    /// Compresses (version 2), encrypts and stores `plaintext` JSON; returns its storage ID.
+    @discardableResult
+    public func saveUnpacked(_ type: FileType, _ plaintext: [UInt8]) async throws -> ID {
+        precondition(type != .config && type != .pack && type != .key)
+        var payload = plaintext
+        if version >= 2 {
+            payload = [2] + Zstd.compress(plaintext, level: 3)
+        }
+        let sealed = key.seal(payload)
+        let id = ID.hash(sealed)
+        try await storage.save(Handle(type, id), sealed)
+        return id
+    }
+
+    // MARK: Index
+
+    /// Loads every index file into `index`, several at a time.
+    public func loadIndex() async throws {
+        let files = try await storage.list(.index)
+        try await forEachConcurrently(files, limit: 4) { f in
+            guard let id = ID(hex: f.name) else { return }
+            let file = try IndexFile.decode(try await self.loadUnpacked(Handle(.index, id)), id: id)
+            self.index.add(file)
+        }
+    }
+
+    /// Reads every index file (for prune and check, which need all entries, duplicates included).
+    public func loadIndexFiles() async throws -> [(ID, IndexFile)] {
+        let files = try await storage.list(.index)
+        let out = Locked<[(ID, IndexFile)]>([])
+        try await forEachConcurrently(files, limit: 4) { f in
+            guard let id = ID(hex: f.name) else { return }
+            let file = try IndexFile.decode(try await self.loadUnpacked(Handle(.index, id)), id: id)
+            out.withLock { $0.append((id, file)) }
+        }
+        return out.withLock { $0 }
+    }
+
+    // MARK: Blobs
+
+    /// Loads a blob's plaintext and checks it against its ID.
+    public func loadBlob(_ id: ID, _ type: BlobType) async throws -> [UInt8] {
+        guard let loc = index.lookup(id, type) else {
+            throw HavenError(.notFound, "\(type.rawValue) blob \(id.short) is not in the index")
+        }
+        let sealed = try await storage.load(Handle(.pack, loc.pack), offset: Int(loc.blob.offset), length: Int(loc.blob.length))
+        return try decryptBlob(sealed, loc.blob, pack: loc.pack)
+    }
+
+    /// Opens a blob's sealed bytes read from its pack, decompresses and verifies it.
+    public func decryptBlob(_ sealed: UnsafeRawBufferPointer, _ blob: PackedBlob, pack: ID) throws -> [UInt8] {
+        let what = "\(blob.type.rawValue) blob \(blob.id.short) in pack \(pack.short)"
+        var plain: [UInt8]
+        do { plain = try key.open(sealed) } catch {
+            throw HavenError(.corrupt, "\(what) is damaged: decryption failed (MAC mismatch)")
+        }
+        if blob.isCompressed {
+            do {
+                plain = try Zstd.decompress(plain, limit: Int(blob.uncompressedLength), expectedSize: Int(blob.uncompressedLength))
+            } catch let e as HavenError {
+                throw HavenError(.corrupt, "\(what) is damaged: \(e.message)")
+            }
+        }
+        guard ID.hash(plain) == blob.id else {
+            throw HavenError(.corrupt, "\(what) is damaged: its content does not match its ID")
+        }
+        return plain
+    }
+
+    public func decryptBlob(_ sealed: [UInt8], _ blob: PackedBlob, pack: ID) throws -> [UInt8] {
+        try sealed.withUnsafeBytes { try decryptBlob($0, blob, pack: pack) }
+    }
+
+    public func loadTree(_ id: ID) async throws -> Tree {
+        let bytes = try await loadBlob(id, .tree)
+        do { return try Tree.decode(bytes) } catch let e as HavenError {
+            throw HavenError(.corrupt, "tree \(id.short): \(e.message)")
+        }
+    }
+
+    /// Reads a pack's header: the list of its blobs. Throws `.corrupt` when the pack is damaged.
+    public func loadPackHeader(_ pack: ID, size: Int? = nil) async throws -> [PackedBlob] {
+        var total = size ?? 0
+        if size == nil { total = try await storage.stat(Handle(.pack, pack)) }
+        let minimum = 4 + MasterKey.overhead
+        guard total >= minimum else { throw HavenError(.corrupt, "pack \(pack.short) is too short (\(total) bytes)") }
+        // Read the tail in one request; most headers fit in a few KiB.
+        let guess = min(total, 4 + 8192)
+        var tail = try await storage.load(Handle(.pack, pack), offset: total - guess, length: guess)
+        let headerLength = tail.withUnsafeBytes { Int(PackFormat.readLE($0, guess - 4)) }
+        guard headerLength >= MasterKey.overhead, headerLength + 4 <= total, headerLength <= PackFormat.maxHeaderSize else {
+            throw HavenError(.corrupt, "pack \(pack.short) has an invalid header length \(headerLength)")
+        }
+        if headerLength + 4 > guess {
+            tail = try await storage.load(Handle(.pack, pack), offset: total - 4 - headerLength, length: headerLength + 4)
+        }
+        let sealed = Array(tail[(tail.count - 4 - headerLength)..<(tail.count - 4)])
+        let header: [UInt8]
+        do { header = try key.open(sealed) } catch {
+            throw HavenError(.corrupt, "pack \(pack.short) has a damaged header (MAC mismatch)")
+        }
+        return try PackFormat.decodeHeader(header, pack: pack, headerStart: total - 4 - headerLength)
+    }
+
+    // MARK: Snapshots
+
+    public func listSnapshotIDs() async throws -> [ID] {
+        try await storage.list(.snapshot).compactMap { ID(hex: $0.name) }
+    }
+
+    public func loadSnapshot(_ id: ID) async throws -> Snapshot {
+        try Snapshot.decode(try await loadUnpacked(Handle(.snapshot, id)), id: id)
+    }
+
+    /// All snapshots, oldest first. Damaged ones are reported through `onError` and skipped.
+    public func loadSnapshots(onError: (@Sendable (HavenError) -> Void)? = nil) async throws -> [Snapshot] {
+        let ids = try await listSnapshotIDs()
+        let out = Locked<[Snapshot]>([])
+        try await forEachConcurrently(ids, limit: 8) { id in
+            do {
+                let s = try await self.loadSnapshot(id)
+                out.withLock { $0.append(s) }
+            } catch let e as HavenError {
+                guard let onError else { throw e }
+                onError(e)
+            }
+        }
+        return out.withLock { $0 }.sorted { ($0.time, $0.id!) < ($1.time, $1.id!) }
+    }
+
+    /// Saves a snapshot and returns its ID.
+    public func saveSnapshot(_ snapshot: Snapshot) async throws -> ID {
+        try await saveUnpacked(.snapshot, snapshot.encoded())
+    }
+
+    /// Resolves "latest" or a unique ID prefix among `snapshots`.
+    public static func resolveSnapshot(_ name: String, in snapshots: [Snapshot]) throws -> Snapshot {
+        if name == "latest" {
+            guard let s = snapshots.max(by: { $0.time < $1.time }) else {
+                throw HavenError(.notFound, "no snapshot found: the repository has no snapshots (matching the filters)")
+            }
+            return s
+        }
+        let lower = name.lowercased()
+        guard !lower.isEmpty, lower.allSatisfy(\.isHexDigit) else {
+            throw HavenError(.invalidArgument, "\"\(name)\" is not a snapshot ID: give an ID (or prefix) or \"latest\"")
+        }
+        let matches = snapshots.filter { $0.id!.hex.hasPrefix(lower) }
+        guard !matches.isEmpty else { throw HavenError(.notFound, "no snapshot matches ID \(name)") }
+        guard matches.count == 1 else { throw HavenError(.invalidArgument, "snapshot ID prefix \(name) is ambiguous: it matches \(matches.count) snapshots") }
+        return matches[0]
+    }
+}
+
+/// The local host and user names, as stored in snapshots and locks.
+public enum Host {
+    public static var name: String {
+        var buf = [CChar](repeating: 0, count: 256)
+        gethostname(&buf, 255)
+        return String(cString: buf)
+    }
+    public static var user: String {
+        if let pw = getpwuid(getuid()), let n = pw.pointee.pw_name { return String(cString: n) }
+        return ProcessInfo.processInfo.environment["USER"] ?? ""
+    }
+}

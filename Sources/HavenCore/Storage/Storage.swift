@@ -1,0 +1,87 @@
+/// The kinds of files a repository stores, with the directory each lives in.
+public enum FileType: String, Sendable, CaseIterable {
+    case config, key, snapshot, index, pack, lock
+
+    /// The directory below the repository root (restic's default layout).
+    public var directory: String {
+        switch self {
+        case .config: return ""
+        case .key: return "keys"
+        case .snapshot: return "snapshots"
+        case .index: return "index"
+        case .pack: return "data"
+        case .lock: return "locks"
+        }
+    }
+}
+
+/// One stored file: its type and name (the hex storage ID, or "config").
+public struct Handle: Hashable, Sendable, CustomStringConvertible {
+    public var type: FileType
+    public var name: String
+    public init(_ type: FileType, _ name: String) { self.type = type; self.name = name }
+    public init(_ type: FileType, _ id: ID) { self.init(type, id.hex) }
+    public static let config = Handle(.config, "config")
+
+    /// The path relative to the repository root, as restic lays files out.
+    public var path: String {
+        switch type {
+        case .config: return "config"
+        case .pack: return "data/\(name.prefix(2))/\(name)"
+        default: return "\(type.directory)/\(name)"
+        }
+    }
+    public var description: String { path }
+}
+
+public struct StoredFile: Sendable, Hashable {
+    public var name: String
+    public var size: Int
+    public init(name: String, size: Int) { self.name = name; self.size = size }
+}
+
+/// What a storage backend can do, so callers can adapt (e.g. how many transfers to run at once).
+public struct StorageProperties: Sendable {
+    /// Parallel transfers worth running.
+    public var connections: Int
+    /// Whether `save` replaces an existing file atomically.
+    public var atomicReplace: Bool
+    public init(connections: Int, atomicReplace: Bool) {
+        self.connections = connections
+        self.atomicReplace = atomicReplace
+    }
+}
+
+/// Where a repository's files live: a local directory, memory, or a remote store.
+///
+/// Implementations make `save` atomic and durable: a reader never sees a partial file, and once `save`
+/// returns, the file survives a crash. Missing files are reported as `HavenError` with code `.notFound`.
+public protocol Storage: Sendable {
+    /// A human-readable location for messages (a path or URL).
+    var location: String { get }
+    var properties: StorageProperties { get }
+    /// Creates the repository's directory structure. Fails if a config already exists.
+    func create() async throws
+    func save(_ handle: Handle, _ data: [UInt8]) async throws
+    /// Reads `length` bytes at `offset` (to the end when nil).
+    func load(_ handle: Handle, offset: Int, length: Int?) async throws -> [UInt8]
+    /// The file's size.
+    func stat(_ handle: Handle) async throws -> Int
+    func list(_ type: FileType) async throws -> [StoredFile]
+    func remove(_ handle: Handle) async throws
+}
+
+extension Storage {
+    public func load(_ handle: Handle) async throws -> [UInt8] {
+        try await load(handle, offset: 0, length: nil)
+    }
+
+    public func exists(_ handle: Handle) async throws -> Bool {
+        do {
+            _ = try await stat(handle)
+            return true
+        } catch let error as HavenError where error.code == .notFound {
+            return false
+        }
+    }
+}
