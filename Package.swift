@@ -14,10 +14,12 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .target(name: "CHavenShims"),
         .target(
             name: "HavenCore",
             dependencies: [
                 "CZstd",
+                "CHavenShims",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]

@@ -41,30 +41,43 @@ private let testPolynomial = Polynomial(0x3DA3_358B_4DC1_73)
 private let kiB = 1024
 private let miB = 1024 * 1024
 
-/// Cuts `data` feeding the chunker pieces of `pieceSize(pieceIndex)` bytes, each copied into its own
-/// array (so a read outside the piece cannot silently see the neighbouring bytes). Returns the chunk
-/// lengths; the last chunk ends at the end of `data`.
+/// Cuts `data` feeding the chunker pieces of `pieceSize(pieceIndex)` bytes. Each piece is copied
+/// into a scratch buffer after 64 bytes that differ from the real preceding data, so a chunker that
+/// reads before the start of a piece gets wrong results. Returns the chunk lengths; the last chunk
+/// ends at the end of `data`.
 private func chunkLengths(_ data: [UInt8], _ chunker: Chunker, pieceSize: (Int) -> Int) -> [Int] {
     var chunker = chunker
     var lengths: [Int] = []
     var current = 0
     var offset = 0
     var pieceIndex = 0
-    while offset < data.count {
-        let size = min(max(pieceSize(pieceIndex), 1), data.count - offset)
-        pieceIndex += 1
-        let piece = Array(data[offset..<(offset + size)])
-        piece.withUnsafeBytes { all in
-            var rest = all[...]
-            while let cut = chunker.nextBoundary(in: UnsafeRawBufferPointer(rebasing: rest)) {
-                precondition(cut > 0 && cut <= rest.count)
-                lengths.append(current + cut)
-                current = 0
-                rest = rest[(rest.startIndex + cut)...]
+    let guardSize = 64
+    var scratch = [UInt8](repeating: 0, count: guardSize)
+    data.withUnsafeBytes { source in
+        while offset < source.count {
+            let size = min(max(pieceSize(pieceIndex), 1), source.count - offset)
+            pieceIndex += 1
+            if scratch.count < guardSize + size {
+                scratch = [UInt8](repeating: 0, count: guardSize + max(size, 2 * scratch.count))
             }
-            current += rest.count
+            scratch.withUnsafeMutableBytes { buffer in
+                for k in 0..<guardSize {
+                    let real = offset - guardSize + k
+                    buffer[k] = real >= 0 ? ~source[real] : 0xA5
+                }
+                buffer.baseAddress!.advanced(by: guardSize).copyMemory(
+                    from: source.baseAddress!.advanced(by: offset), byteCount: size)
+                var rest = UnsafeRawBufferPointer(buffer)[guardSize..<(guardSize + size)]
+                while let cut = chunker.nextBoundary(in: UnsafeRawBufferPointer(rebasing: rest)) {
+                    precondition(cut > 0 && cut <= rest.count)
+                    lengths.append(current + cut)
+                    current = 0
+                    rest = rest[(rest.startIndex + cut)...]
+                }
+                current += rest.count
+            }
+            offset += size
         }
-        offset += size
     }
     if current > 0 { lengths.append(current) }
     return lengths
@@ -303,7 +316,7 @@ private func feedPatterns(total: Int) -> [(String, (Int) -> Int)] {
     (512 * 1024, 8 * 1024 * 1024, 16),
 ])
 func matchesPlainReference(minSize: Int, maxSize: Int, averageBits: Int) {
-    let data = pseudoRandomBytes(count: 2 * miB + 12345, seed: UInt64(minSize * 31 + averageBits))
+    let data = pseudoRandomBytes(count: max(miB, 4 * minSize) + 12345, seed: UInt64(minSize * 31 + averageBits))
     let chunker = Chunker(polynomial: testPolynomial, minSize: minSize, maxSize: maxSize, averageBits: averageBits)
     let reference = ReferenceChunker(
         polynomial: testPolynomial, minSize: minSize, maxSize: maxSize, averageBits: averageBits
@@ -343,7 +356,9 @@ func matchesPlainReference(minSize: Int, maxSize: Int, averageBits: Int) {
     var found = false
     for _ in 0..<20 where !found {
         let period = (0..<1000).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
-        data = (0..<(20 * miB)).map { period[$0 % 1000] }
+        data = []
+        data.reserveCapacity(20 * miB)
+        while data.count < 20 * miB { data += period.prefix(20 * miB - data.count) }
         let lengths = chunkLengths(data, Chunker(polynomial: testPolynomial))
         if lengths.dropLast().allSatisfy({ $0 == Chunker.maxSize }) {
             found = true
@@ -439,7 +454,9 @@ func sameChunksAsRestic() throws {
     files["zeros-and-random"] = mixed
     // A period-1000 pattern: no fingerprint matches, so chunks are cut at maxSize.
     let period = pseudoRandomBytes(count: 1000, seed: 13)
-    files["periodic"] = (0..<(18 * miB)).map { period[$0 % 1000] }
+    var periodic: [UInt8] = []
+    while periodic.count < 18 * miB { periodic += period.prefix(18 * miB - periodic.count) }
+    files["periodic"] = periodic
     files["small"] = pseudoRandomBytes(count: 100 * kiB, seed: 14)
     files["exactly-min"] = pseudoRandomBytes(count: Chunker.minSize, seed: 15)
     files["min-plus-one"] = pseudoRandomBytes(count: Chunker.minSize + 1, seed: 16)

@@ -428,7 +428,7 @@ private func referencePoly1305(message: [UInt8], key: [UInt8]) -> [UInt8] {
     }
 
     private static func keyFileJSON(kdf: String = "\"scrypt\"", n: String = "1024", r: String = "8", p: String = "1",
-                                    salt: String = "\"" + String(repeating: "A", count: 88) + "\"",
+                                    salt: String = "\"" + String(repeating: "A", count: 86) + "==\"",
                                     data: String = "\"" + String(repeating: "B", count: 64) + "\"") -> [UInt8] {
         Array(("{\"created\":\"2026-01-01T00:00:00Z\",\"username\":\"u\",\"hostname\":\"h\",\"kdf\":\(kdf),"
             + "\"N\":\(n),\"r\":\(r),\"p\":\(p),\"salt\":\(salt),\"data\":\(data)}").utf8)

@@ -38,8 +38,13 @@ public final class BlobWriter: Sendable {
     /// Index files are written once this many blobs are waiting, so an interrupted run loses little.
     let indexFlushBlobs: Int
 
-    public init(repository: Repository, packSize: Int = 16 << 20, compression: CompressionMode = .auto, indexFlushBlobs: Int = 50_000) {
+    /// When true, blobs are prepared and counted but nothing is stored.
+    public let dryRun: Bool
+
+    public init(repository: Repository, packSize: Int = 16 << 20, compression: CompressionMode = .auto,
+                indexFlushBlobs: Int = 50_000, dryRun: Bool = false) {
         self.repository = repository
+        self.dryRun = dryRun
         self.packSize = packSize
         self.compression = repository.version >= 2 ? compression : .off
         self.indexFlushBlobs = indexFlushBlobs
@@ -108,6 +113,10 @@ public final class BlobWriter: Sendable {
         bytes.append(contentsOf: header)
         PackFormat.appendLE(&bytes, UInt32(header.count))
         let id = ID.hash(bytes)
+        if dryRun {
+            state.withLock { $0.stats.packs += 1 }
+            return
+        }
         try await repository.storage.save(Handle(.pack, id), bytes)
         repository.index.add(pack: id, blobs: pack.blobs)
         let needIndex = state.withLock { s -> Bool in

@@ -27,3 +27,48 @@ public func forEachConcurrently<S: Sequence>(
         try await group.waitForAll()
     }
 }
+
+/// A counting semaphore for tasks: `acquire` suspends (without blocking a thread) until a permit is free.
+public final class AsyncSemaphore: Sendable {
+    private struct State {
+        var permits: Int
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+    private let state: Mutex<State>
+
+    public init(permits: Int) { state = Mutex(State(permits: permits)) }
+
+    public func acquire() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let resumeNow = state.withLock { s -> Bool in
+                if s.permits > 0 { s.permits -= 1; return true }
+                s.waiters.append(c)
+                return false
+            }
+            if resumeNow { c.resume() }
+        }
+    }
+
+    /// Takes a permit if one is free right now.
+    public func tryAcquire() -> Bool {
+        state.withLock { s in
+            if s.permits > 0 { s.permits -= 1; return true }
+            return false
+        }
+    }
+
+    public func release() {
+        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            if !s.waiters.isEmpty { return s.waiters.removeFirst() }
+            s.permits += 1
+            return nil
+        }
+        waiter?.resume()
+    }
+
+    public func withPermit<R: Sendable>(_ body: () async throws -> R) async rethrows -> R {
+        await acquire()
+        defer { release() }
+        return try await body()
+    }
+}

@@ -1,0 +1,559 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Synchronization
+import CHavenShims
+
+/// What to back up and how.
+public struct BackupOptions: Sendable {
+    public var paths: [String] = []
+    public var excludes: [PathPattern] = []
+    /// A directory holding one of these files (whose content starts with `header`, when given) is skipped.
+    public var excludeIfPresent: [(file: String, header: [UInt8]?)] = []
+    public var excludeLargerThan: UInt64?
+    public var oneFileSystem = false
+    public var tags: [String] = []
+    public var hostname = Host.name
+    /// Use this snapshot as the parent instead of looking for one.
+    public var parent: ID?
+    /// Read every file, ignoring the parent snapshot.
+    public var force = false
+    public var dryRun = false
+    public var compression: CompressionMode = .auto
+    public var packSize = 16 << 20
+    /// Back up the bytes read from this file descriptor as one file (restic's `--stdin`).
+    public var stdinFilename: String?
+    public var stdinDescriptor: Int32 = 0
+    /// The snapshot's time (now when nil).
+    public var time: Timestamp?
+    /// Files read at once.
+    public var fileConcurrency = 4
+
+    public init(paths: [String] = []) { self.paths = paths }
+
+    /// restic's CACHEDIR.TAG convention for `--exclude-caches`.
+    public static let cacheDirTag: (file: String, header: [UInt8]?) = ("CACHEDIR.TAG", Array("Signature: 8a477f597d28d172789f06886806bc55".utf8))
+}
+
+/// A source file or directory that could not be backed up completely.
+public struct BackupWarning: Sendable, CustomStringConvertible {
+    public var path: String
+    public var message: String
+    public var description: String { "\(path): \(message)" }
+}
+
+/// Live counters of a running backup. Safe to read from any thread.
+public final class BackupProgress: Sendable {
+    public struct Snapshot: Sendable {
+        public var filesDone = 0
+        public var dirsDone = 0
+        public var bytesDone: UInt64 = 0
+        public var bytesNew: UInt64 = 0
+        public var errors = 0
+        public var currentFiles: [String] = []
+    }
+    private let state = Mutex(Snapshot())
+    private let current = Mutex<[Int: String]>([:])
+    private let nextToken = Atomic<Int>(0)
+
+    public init() {}
+
+    public var snapshot: Snapshot {
+        var s = state.withLock { $0 }
+        s.currentFiles = current.withLock { Array($0.values).sorted() }
+        return s
+    }
+
+    func update(_ body: (inout Snapshot) -> Void) { state.withLock { body(&$0) } }
+
+    func begin(_ path: String) -> Int {
+        let token = nextToken.add(1, ordering: .relaxed).newValue
+        current.withLock { $0[token] = path }
+        return token
+    }
+
+    func end(_ token: Int) { _ = current.withLock { $0.removeValue(forKey: token) } }
+}
+
+/// The outcome of a backup.
+public struct BackupResult: Sendable {
+    public var snapshotID: ID?
+    public var snapshot: Snapshot
+    public var parent: ID?
+    public var summary: Snapshot.Summary
+    public var warnings: [BackupWarning]
+    public var dryRun: Bool
+}
+
+/// Reads source files, cuts them into chunks, stores new blobs and trees, and writes a snapshot.
+public final class Archiver: Sendable {
+    let repository: Repository
+    let writer: BlobWriter
+    let options: BackupOptions
+    let progress: BackupProgress
+    let fileSlots: AsyncSemaphore
+    let dirSlots: AsyncSemaphore
+    let warnings = Locked<[BackupWarning]>([])
+    let counts = Locked<Snapshot.Summary>(Snapshot.Summary())
+    let names = NameCache()
+    let excludes: PatternList
+
+    init(repository: Repository, options: BackupOptions, progress: BackupProgress) {
+        self.repository = repository
+        self.options = options
+        self.progress = progress
+        writer = BlobWriter(repository: repository, packSize: options.packSize, compression: options.compression, dryRun: options.dryRun)
+        fileSlots = AsyncSemaphore(permits: max(1, options.fileConcurrency))
+        dirSlots = AsyncSemaphore(permits: 16)
+        excludes = PatternList(options.excludes)
+    }
+
+    /// Backs up `options.paths` (or standard input) into `repository` and saves a snapshot.
+    ///
+    /// Unreadable source files are skipped and reported in `warnings`; the snapshot is still written. On
+    /// cancellation or error, packs already uploaded are indexed so that the next backup reuses them.
+    public static func backup(repository: Repository, options: BackupOptions, progress: BackupProgress = BackupProgress()) async throws -> BackupResult {
+        let archiver = Archiver(repository: repository, options: options, progress: progress)
+        return try await archiver.run()
+    }
+
+    func warn(_ path: String, _ message: String) {
+        warnings.withLock { $0.append(BackupWarning(path: path, message: message)) }
+        progress.update { $0.errors += 1 }
+    }
+
+    func run() async throws -> BackupResult {
+        let start = Timestamp.now()
+        if !options.dryRun { try await adoptUnindexedPacks() }
+        do {
+            let (tree, paths, parentID) = try await buildRoot()
+            try Task.checkCancellation()
+            try await writer.flush()
+            var snap = Snapshot(time: options.time ?? start, tree: tree, paths: paths)
+            snap.parent = parentID
+            snap.hostname = options.hostname
+            snap.username = Host.user
+            snap.uid = getuid()
+            snap.gid = getgid()
+            snap.tags = options.tags
+            snap.excludes = options.excludes.map(\.text)
+            snap.programVersion = "haven \(HavenVersion.string)"
+            var summary = counts.withLock { $0 }
+            let stats = writer.statistics
+            summary.backupStart = start
+            summary.backupEnd = Timestamp.now()
+            summary.dataBlobs = stats.dataBlobs
+            summary.treeBlobs = stats.treeBlobs
+            summary.dataAdded = stats.bytesAdded
+            summary.dataAddedPacked = stats.bytesStored
+            snap.summary = summary
+            var id: ID?
+            if !options.dryRun { id = try await repository.saveSnapshot(snap) }
+            snap.id = id
+            return BackupResult(snapshotID: id, snapshot: snap, parent: parentID, summary: summary,
+                                warnings: warnings.withLock { $0 }, dryRun: options.dryRun)
+        } catch {
+            // Keep what was uploaded usable: index the packs written so far (best effort).
+            if !options.dryRun { try? await writer.flush() }
+            if error is CancellationError { throw HavenError(.cancelled, "backup cancelled; uploaded data was kept and will be reused by the next backup") }
+            throw error
+        }
+    }
+
+    /// Indexes packs that an interrupted backup uploaded but never named in an index.
+    func adoptUnindexedPacks() async throws {
+        let stored = try await repository.storage.list(.pack)
+        let known = repository.index.packIDs
+        let orphans = stored.filter { f in ID(hex: f.name).map { !known.contains($0) } ?? false }
+        guard !orphans.isEmpty else { return }
+        let adopted = Locked<[IndexFile.Pack]>([])
+        try await forEachConcurrently(orphans, limit: 4) { f in
+            let id = ID(hex: f.name)!
+            do {
+                let blobs = try await self.repository.loadPackHeader(id, size: f.size)
+                self.repository.index.add(pack: id, blobs: blobs)
+                adopted.withLock { $0.append(IndexFile.Pack(id: id, blobs: blobs)) }
+            } catch {
+                // A damaged leftover is not used; prune removes it.
+            }
+        }
+        writer.adopt(adopted.withLock { $0 })
+    }
+
+    // MARK: The root of the snapshot
+
+    /// A directory on the way to the backup targets (`/home` for `/home/me/docs`).
+    final class PathTrie {
+        var children: [[UInt8]: PathTrie] = [:]
+        var isTarget = false
+    }
+
+    func buildRoot() async throws -> (ID, [String], ID?) {
+        if let name = options.stdinFilename { return try await stdinRoot(name) }
+        var absolute: [String] = []
+        for p in options.paths {
+            guard !p.isEmpty else { continue }
+            absolute.append(Self.clean(p.hasPrefix("/") ? p : Self.currentDirectory() + "/" + p))
+        }
+        absolute = Array(Set(absolute)).sorted()
+        guard !absolute.isEmpty else { throw HavenError(.usage, "nothing to back up: give at least one path (or --stdin)") }
+        var existing: [String] = []
+        for p in absolute {
+            if case .failure(let e) = FileInfo.lstat(RawPath(p)) {
+                warn(p, "\(e.cause.map { "\($0)" } ?? e.message); skipped")
+            } else {
+                existing.append(p)
+            }
+        }
+        guard !existing.isEmpty else {
+            throw HavenError(.invalidArgument, "none of the paths to back up exist: \(absolute.joined(separator: ", "))")
+        }
+        // Drop targets nested inside other targets.
+        existing = existing.filter { p in !existing.contains { q in q != p && (q == "/" || p.hasPrefix(q + "/")) } }
+        let root = PathTrie()
+        for p in existing {
+            var node = root
+            for comp in p.split(separator: "/") {
+                let key = Array(comp.utf8)
+                if node.children[key] == nil { node.children[key] = PathTrie() }
+                node = node.children[key]!
+            }
+            node.isTarget = true
+        }
+        let parentID = try await findParent(paths: existing)
+        var parentTree: Tree?
+        if let parentID {
+            let parent = try await repository.loadSnapshot(parentID)
+            parentTree = try? await repository.loadTree(parent.tree)
+        }
+        if root.isTarget {
+            // Backing up "/" itself.
+            let (id, _) = try await archiveDirectory(RawPath("/"), parentTree: parentTree, device: nil)
+            return (id, existing, parentID)
+        }
+        let id = try await archiveTrie(root, path: RawPath("/"), parentTree: parentTree)
+        return (id, existing, parentID)
+    }
+
+    func findParent(paths: [String]) async throws -> ID? {
+        if options.force { return nil }
+        if let explicit = options.parent { return explicit }
+        let snapshots = try await repository.loadSnapshots(onError: { _ in })
+        let wanted = paths.sorted()
+        return snapshots.last(where: { $0.hostname == options.hostname && $0.paths.sorted() == wanted })?.id
+    }
+
+    static func currentDirectory() -> String {
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        guard getcwd(&buf, buf.count) != nil else { return "/" }
+        return String(cString: buf)
+    }
+
+    /// Removes `.`, `..` and repeated slashes from an absolute path.
+    static func clean(_ path: String) -> String {
+        var out: [Substring] = []
+        for comp in path.split(separator: "/") {
+            if comp == "." { continue }
+            if comp == ".." { if !out.isEmpty { out.removeLast() }; continue }
+            out.append(comp)
+        }
+        return "/" + out.joined(separator: "/")
+    }
+
+    func archiveTrie(_ trie: PathTrie, path: RawPath, parentTree: Tree?) async throws -> ID {
+        var nodes: [Node] = []
+        for (name, child) in trie.children.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
+            let childPath = path.appending(name)
+            let parentNode = parentTree?.node(named: name)
+            if child.isTarget {
+                if let n = try await archiveEntry(name: name, path: childPath, parentNode: parentNode, device: nil) { nodes.append(n) }
+                continue
+            }
+            guard case .success(let info) = FileInfo.lstat(childPath) else {
+                warn(childPath.description, "cannot stat; skipped")
+                continue
+            }
+            var node = makeNode(name: name, info: info, path: childPath)
+            var subParent: Tree?
+            if let sid = parentNode?.subtree { subParent = try? await repository.loadTree(sid) }
+            node.subtree = try await archiveTrie(child, path: childPath, parentTree: subParent)
+            nodes.append(node)
+        }
+        return try await saveTree(Tree(nodes: nodes))
+    }
+
+    func stdinRoot(_ name: String) async throws -> (ID, [String], ID?) {
+        guard !name.isEmpty, !name.contains("/") else {
+            throw HavenError(.usage, "--stdin-filename must be a plain file name, not \"\(name)\"")
+        }
+        let now = Timestamp.now()
+        var node = Node(name: Array(name.utf8), type: .file)
+        node.mode = 0o644
+        node.mtime = now; node.atime = now; node.ctime = now
+        node.uid = getuid(); node.gid = getgid()
+        node.user = names.user(node.uid); node.group = names.group(node.gid)
+        let (content, size) = try await saveStream(descriptor: options.stdinDescriptor, path: "stdin", expectedSize: nil)
+        node.content = content
+        node.size = size
+        counts.withLock { $0.filesNew += 1; $0.totalFilesProcessed += 1; $0.totalBytesProcessed += size }
+        let tree = try await saveTree(Tree(nodes: [node]))
+        return (tree, ["/" + name], nil)
+    }
+
+    // MARK: Walking
+
+    func makeNode(name: [UInt8], info: FileInfo, path: RawPath) -> Node {
+        var node = Node(name: name, type: info.nodeKind)
+        node.mode = Node.goMode(fromUnix: info.mode)
+        node.mtime = info.mtime
+        node.atime = info.atime
+        node.ctime = info.ctime
+        node.uid = info.uid
+        node.gid = info.gid
+        node.user = names.user(info.uid)
+        node.group = names.group(info.gid)
+        node.inode = info.inode
+        node.deviceID = info.device
+        node.links = info.links
+        if node.type == .file { node.size = info.size }
+        if node.type == .dev || node.type == .chardev { node.device = info.rdev }
+        node.extendedAttributes = ExtendedAttributes.read(path)
+        return node
+    }
+
+    /// Backs up one directory entry of any type. Returns nil when it is excluded or unreadable.
+    func archiveEntry(name: [UInt8], path: RawPath, parentNode: Node?, device: UInt64?) async throws -> Node? {
+        try Task.checkCancellation()
+        if !excludes.isEmpty && excludes.matches(path.bytes) { return nil }
+        let info: FileInfo
+        switch FileInfo.lstat(path) {
+        case .success(let i): info = i
+        case .failure(let e):
+            warn(path.description, "\(e.cause.map { "\($0)" } ?? e.message); skipped")
+            return nil
+        }
+        if let limit = options.excludeLargerThan, info.isRegular, info.size > limit { return nil }
+        var node = makeNode(name: name, info: info, path: path)
+        switch node.type {
+        case .file:
+            do {
+                try await archiveFile(&node, path: path, info: info, parentNode: parentNode)
+            } catch let e as SourceReadError {
+                warn(path.description, "\(e.message); skipped")
+                return nil
+            }
+        case .dir:
+            if let device, options.oneFileSystem, info.device != device {
+                node.subtree = try await saveTree(Tree())
+                return node
+            }
+            if excludedByMarker(path) { return nil }
+            var subParent: Tree?
+            if let sid = parentNode?.subtree, parentNode?.type == .dir { subParent = try? await repository.loadTree(sid) }
+            let (subtree, _) = try await archiveDirectory(path, parentTree: subParent, device: device ?? info.device)
+            node.subtree = subtree
+            counts.withLock { c in
+                if parentNode?.type != .dir { c.dirsNew += 1 } else if parentNode?.subtree == subtree { c.dirsUnmodified += 1 } else { c.dirsChanged += 1 }
+            }
+        case .symlink:
+            var buf = [UInt8](repeating: 0, count: Int(PATH_MAX) + 1)
+            let n = path.withCString { p in buf.withUnsafeMutableBufferPointer { b in b.baseAddress!.withMemoryRebound(to: CChar.self, capacity: b.count) { readlink(p, $0, b.count) } } }
+            guard n >= 0 else {
+                warn(path.description, "cannot read symlink: \(Errno(errno)); skipped")
+                return nil
+            }
+            node.linkTarget = Array(buf[0..<n])
+        default:
+            break
+        }
+        return node
+    }
+
+    func excludedByMarker(_ dir: RawPath) -> Bool {
+        for marker in options.excludeIfPresent {
+            let p = dir.appending(Array(marker.file.utf8))
+            guard case .success(let info) = FileInfo.lstat(p) else { continue }
+            guard let header = marker.header else { return true }
+            guard info.isRegular else { continue }
+            let fd = p.withCString { open($0, O_RDONLY | O_CLOEXEC) }
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            var buf = [UInt8](repeating: 0, count: header.count)
+            let n = buf.withUnsafeMutableBytes { (try? FileSystem.preadFully(fd, $0, offset: 0, path: "")) ?? 0 }
+            if n == header.count && buf == header { return true }
+        }
+        return false
+    }
+
+    /// Reads a directory and backs up its entries; returns the stored tree's ID.
+    func archiveDirectory(_ path: RawPath, parentTree: Tree?, device: UInt64?) async throws -> (ID, Int) {
+        var names: [[UInt8]] = []
+        let ok = path.withCString { p -> Bool in
+            guard let dir = opendir(p) else { return false }
+            defer { closedir(dir) }
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw -> [UInt8] in
+                    let b = raw.bindMemory(to: UInt8.self)
+                    return Array(b[..<(b.firstIndex(of: 0) ?? b.count)])
+                }
+                if name == [46] || name == [46, 46] { continue }
+                names.append(name)
+            }
+            return true
+        }
+        if !ok {
+            warn(path.description, "cannot read directory: \(Errno(errno)); its contents are skipped")
+        }
+        names.sort { $0.lexicographicallyPrecedes($1) }
+        var parentByName: [[UInt8]: Node] = [:]
+        if let parentTree {
+            parentByName.reserveCapacity(parentTree.nodes.count)
+            for n in parentTree.nodes { parentByName[n.name] = n }
+        }
+        var results = [Node?](repeating: nil, count: names.count)
+        try await withThrowingTaskGroup(of: (Int, Node?).self) { group in
+            for (i, name) in names.enumerated() {
+                let childPath = path.appending(name)
+                let parentNode = parentByName[name]
+                // Directories run beside their siblings while there is room; otherwise inline.
+                group.addTask {
+                    (i, try await self.archiveEntry(name: name, path: childPath, parentNode: parentNode, device: device))
+                }
+                // Keep the group small so memory stays bounded in huge directories.
+                if i >= 64 {
+                    if let (j, n) = try await group.next() { results[j] = n }
+                }
+            }
+            for try await (j, n) in group { results[j] = n }
+        }
+        progress.update { $0.dirsDone += 1 }
+        let tree = Tree(nodes: results.compactMap { $0 })
+        return (try await saveTree(tree), tree.nodes.count)
+    }
+
+    func saveTree(_ tree: Tree) async throws -> ID {
+        let bytes = tree.encoded()
+        let id = ID.hash(bytes)
+        try await writer.save(.tree, id: id, plaintext: bytes)
+        return id
+    }
+
+    // MARK: Files
+
+    func archiveFile(_ node: inout Node, path: RawPath, info: FileInfo, parentNode: Node?) async throws {
+        if let old = parentNode, old.type == .file, old.mtime == info.mtime, old.ctime == info.ctime,
+           old.size == info.size, old.inode == info.inode,
+           old.content.allSatisfy({ repository.index.has($0, .data) }) {
+            node.content = old.content
+            counts.withLock { $0.filesUnmodified += 1; $0.totalFilesProcessed += 1; $0.totalBytesProcessed += info.size }
+            progress.update { $0.filesDone += 1; $0.bytesDone += info.size }
+            return
+        }
+        await fileSlots.acquire()
+        defer { fileSlots.release() }
+        let token = progress.begin(path.description)
+        defer { progress.end(token) }
+        var flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | haven_o_noatime()
+        var fd = path.withCString { open($0, flags) }
+        if fd < 0 && errno == EPERM {
+            flags &= ~haven_o_noatime()
+            fd = path.withCString { open($0, flags) }
+        }
+        guard fd >= 0 else {
+            throw SourceReadError(message: "cannot open: \(Errno(errno))")
+        }
+        defer { close(fd) }
+        let (content, size) = try await saveStream(descriptor: fd, path: path.description, expectedSize: info.size)
+        node.content = content
+        node.size = size
+        var after = stat()
+        if fstat(fd, &after) == 0 {
+            let now = FileInfo(after)
+            if now.mtime != info.mtime || now.size != size {
+                warn(path.description, "file changed while it was read; the snapshot holds the bytes read")
+            }
+        }
+        counts.withLock { c in
+            if parentNode?.type == .file { c.filesChanged += 1 } else { c.filesNew += 1 }
+            c.totalFilesProcessed += 1
+            c.totalBytesProcessed += size
+        }
+        progress.update { $0.filesDone += 1 }
+    }
+
+    /// A source file could not be read; the entry is skipped with a warning.
+    struct SourceReadError: Error { var message: String }
+
+    /// Reads a stream to its end, cutting chunks and saving new ones. Returns the content IDs and size.
+    func saveStream(descriptor fd: Int32, path: String, expectedSize: UInt64?) async throws -> ([ID], UInt64) {
+        var chunker = Chunker(polynomial: repository.config.chunkerPolynomial)
+        let readSize = 1 << 20
+        var readBuffer = [UInt8](repeating: 0, count: readSize)
+        var current: [UInt8] = []
+        current.reserveCapacity(Int(min(expectedSize ?? UInt64(Chunker.maxSize), UInt64(Chunker.maxSize))))
+        var total: UInt64 = 0
+        var ids: [ID?] = []
+        var eof = false
+        try await withThrowingTaskGroup(of: (Int, ID).self) { group in
+            var inFlight = 0
+            func submit(_ chunk: [UInt8]) async throws {
+                let index = ids.count
+                ids.append(nil)
+                if inFlight >= 2 {
+                    if let (j, id) = try await group.next() { ids[j] = id }
+                    inFlight -= 1
+                }
+                let writer = self.writer
+                group.addTask {
+                    let id = ID.hash(chunk)
+                    try await writer.save(.data, id: id, plaintext: chunk)
+                    return (index, id)
+                }
+                inFlight += 1
+            }
+            while !eof {
+                try Task.checkCancellation()
+                let n = readBuffer.withUnsafeMutableBytes { buf -> Int in
+                    while true {
+                        let r = read(fd, buf.baseAddress, readSize)
+                        if r < 0 && errno == EINTR { continue }
+                        return r
+                    }
+                }
+                if n < 0 {
+                    throw SourceReadError(message: "cannot read: \(Errno(errno))")
+                }
+                if n == 0 { eof = true; break }
+                total += UInt64(n)
+                progress.update { $0.bytesDone += UInt64(n) }
+                var start = 0
+                while start < n {
+                    let cut = readBuffer.withUnsafeBytes { buf in
+                        chunker.nextBoundary(in: UnsafeRawBufferPointer(rebasing: buf[start..<n]))
+                    }
+                    if let cut {
+                        current.append(contentsOf: readBuffer[start..<(start + cut)])
+                        let chunk = current
+                        current = []
+                        current.reserveCapacity(Chunker.maxSize / 4)
+                        try await submit(chunk)
+                        start += cut
+                    } else {
+                        current.append(contentsOf: readBuffer[start..<n])
+                        start = n
+                    }
+                }
+            }
+            if !current.isEmpty { try await submit(current) }
+            for try await (j, id) in group { ids[j] = id }
+        }
+        return (ids.map { $0! }, total)
+    }
+}
+
+/// Haven's version, shown by `haven version` and stored in snapshots.
+public enum HavenVersion {
+    public static let string = "0.1.0"
+}
