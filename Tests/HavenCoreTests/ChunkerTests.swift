@@ -57,6 +57,19 @@ private func chunkLengths(_ data: [UInt8], _ chunker: Chunker, pieceSize: (Int) 
         while offset < source.count {
             let size = min(max(pieceSize(pieceIndex), 1), source.count - offset)
             pieceIndex += 1
+            if size < 64 {
+                // Too short for the chunker to look back into the piece: feed it in place.
+                var rest = UnsafeRawBufferPointer(rebasing: source[offset..<(offset + size)])
+                while let cut = chunker.nextBoundary(in: rest) {
+                    precondition(cut > 0 && cut <= rest.count)
+                    lengths.append(current + cut)
+                    current = 0
+                    rest = UnsafeRawBufferPointer(rebasing: rest[cut...])
+                }
+                current += rest.count
+                offset += size
+                continue
+            }
             if scratch.count < guardSize + size {
                 scratch = [UInt8](repeating: 0, count: guardSize + max(size, 2 * scratch.count))
             }

@@ -13,13 +13,32 @@ enum AESPrimitives {
         precondition(output.count == input.count, "AES-CTR output size must equal input size")
         precondition([16, 24, 32].contains(key.count), "AES key must be 16, 24 or 32 bytes")
         guard input.count > 0 else { return }
-        // With a 16-byte nonce, BoringSSL's AES_ctr128_encrypt treats it as the full counter block;
-        // its 32-bit fast path carries into the upper 96 bits, i.e. a 128-bit increment.
-        let nonce = try! AES._CTR.Nonce(nonceBytes: iv)
-        let result = try! AES._CTR.encrypt(input, using: SymmetricKey(data: key), nonce: nonce)
-        precondition(result.count == input.count)
-        result.copyBytes(to: output)
+        // swift-crypto only returns fresh `Data`; going through it in modest chunks keeps the temporary
+        // small and reused instead of a second buffer as large as the input. With a 16-byte nonce,
+        // BoringSSL's AES_ctr128_encrypt uses it as the whole counter block; its 32-bit fast path
+        // carries into the upper 96 bits, i.e. a 128-bit increment. Chunks start on block boundaries
+        // with the counter advanced here the same way.
+        let symmetricKey = SymmetricKey(data: key)
+        var counterHigh = UInt64(bigEndian: iv.loadUnaligned(fromByteOffset: 0, as: UInt64.self))
+        var counterLow = UInt64(bigEndian: iv.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+        var offset = 0
+        while offset < input.count {
+            let n = min(ctrChunkSize, input.count - offset)
+            var counter = (counterHigh.bigEndian, counterLow.bigEndian)
+            let nonce = withUnsafeBytes(of: &counter) { try! AES._CTR.Nonce(nonceBytes: $0) }
+            let chunk = UnsafeRawBufferPointer(rebasing: input[offset..<(offset + n)])
+            let result = try! AES._CTR.encrypt(chunk, using: symmetricKey, nonce: nonce)
+            precondition(result.count == n)
+            result.copyBytes(to: UnsafeMutableRawBufferPointer(rebasing: output[offset..<(offset + n)]))
+            offset += n
+            let (low, overflow) = counterLow.addingReportingOverflow(UInt64(n / 16))
+            counterLow = low
+            if overflow { counterHigh &+= 1 }
+        }
     }
+
+    /// Bytes per call into swift-crypto's CTR (a multiple of the block size).
+    static let ctrChunkSize = 64 << 10
 
     /// AES-CTR as above, returning a new array.
     static func ctr(key: [UInt8], iv: [UInt8], input: [UInt8]) -> [UInt8] {

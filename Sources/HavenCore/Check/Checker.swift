@@ -1,0 +1,355 @@
+/// Verifies a repository like `restic check`: structure always, pack contents on request.
+///
+/// The structure check loads every index file, compares the packs they name with the packs in storage
+/// (existence and size), loads every snapshot and every tree reachable from them (each tree once), and
+/// checks that every blob those trees reference is in the index. With `options.readData` it also reads the
+/// selected packs completely: the file's SHA-256 must equal its name, its header must decode and match the
+/// index, and every blob must decrypt, decompress and hash to its ID.
+///
+/// The checker never modifies the repository and never throws: every problem lands in the report, and the
+/// caller decides the exit status from `CheckReport.hasErrors`. Take a non-exclusive lock around it.
+public enum Checker {
+    /// Runs the check. `progress` is called from concurrent tasks as items finish.
+    public static func run(
+        repository: Repository, options: CheckOptions = CheckOptions(),
+        progress: (@Sendable (CheckProgress) -> Void)? = nil
+    ) async -> CheckReport {
+        var report = CheckReport()
+        do {
+            try await check(repository, options, progress, &report)
+        } catch is CancellationError {
+            report.error("the check was cancelled before it finished")
+        } catch let e as HavenError where e.code == .cancelled {
+            report.error("the check was cancelled before it finished")
+        } catch {
+            report.error("the check could not finish: \(error)")
+        }
+        report.damagedPacks.sort()
+        report.damagedBlobs.sort { ($0.pack, $0.id) < ($1.pack, $1.id) }
+        return report
+    }
+
+    /// One damaged blob found while reading a pack.
+    private struct BlobDamage: Sendable {
+        var blob: PackedBlob
+        var pack: ID
+        var message: String
+    }
+
+    private struct PackResult: Sendable {
+        var pack: ID
+        var errors: [String] = []
+        var damaged: [BlobDamage] = []
+        var bytes: UInt64 = 0
+        var verified = 0
+    }
+
+    private static func check(
+        _ repository: Repository, _ options: CheckOptions, _ progress: (@Sendable (CheckProgress) -> Void)?,
+        _ report: inout CheckReport
+    ) async throws {
+        do { try options.readData.validate() } catch let e as HavenError {
+            report.error(e.message)
+            return
+        }
+        let storage = repository.storage
+
+        // Snapshots are listed before the index is read, so a snapshot saved meanwhile has its index entries.
+        let snapshotIDs: [ID]
+        do { snapshotIDs = try await repository.listSnapshotIDs() } catch {
+            report.error("cannot list snapshots: \(error)")
+            return
+        }
+
+        // MARK: Index files
+        let indexFiles: [StoredFile]
+        do { indexFiles = try await storage.list(.index) } catch {
+            report.error("cannot list index files: \(error)")
+            return
+        }
+        let loaded = Locked<[(ID, IndexFile)]>([])
+        let indexErrors = Locked<[String]>([])
+        let indexDone = Locked(0)
+        var validIndexIDs: [ID] = []
+        for f in indexFiles {
+            if let id = ID(hex: f.name) { validIndexIDs.append(id) } else {
+                report.warning("index/\(f.name) does not have a valid index file name; it was ignored")
+            }
+        }
+        try await forEachConcurrently(validIndexIDs, limit: 4) { id in
+            do {
+                let file = try IndexFile.decode(try await repository.loadUnpacked(Handle(.index, id)), id: id)
+                loaded.withLock { $0.append((id, file)) }
+            } catch let e as HavenError {
+                indexErrors.withLock { $0.append("index \(id.short) cannot be used: \(e.message)") }
+            }
+            let n = indexDone.withLock { $0 += 1; return $0 }
+            progress?(CheckProgress(phase: .indexes, done: n, total: validIndexIDs.count))
+        }
+        for e in indexErrors.withLock({ $0 }).sorted() { report.error(e) }
+        let files = loaded.withLock { $0 }.sorted { $0.0 < $1.0 }
+        report.statistics.indexFiles = files.count
+
+        let index = MasterIndex()
+        var packBlobs: [ID: Set<PackedBlob>] = [:]
+        var namedBy: [ID: ID] = [:]
+        var locations: [BlobKey: Int] = [:]
+        for (fileID, file) in files {
+            index.add(file)
+            for p in file.packs {
+                if namedBy[p.id] == nil { namedBy[p.id] = fileID }
+                packBlobs[p.id, default: []].formUnion(p.blobs)
+            }
+        }
+        for (_, blobs) in packBlobs {
+            var inPack = Set<BlobKey>()
+            for b in blobs where inPack.insert(BlobKey(id: b.id, type: b.type)).inserted {
+                locations[BlobKey(id: b.id, type: b.type), default: 0] += 1
+            }
+        }
+        report.statistics.packs = packBlobs.count
+        report.statistics.blobs = locations.count
+        report.statistics.duplicateBlobs = locations.values.filter { $0 > 1 }.count
+
+        // MARK: Packs in storage
+        var stored: [ID: Int] = [:]
+        do {
+            for f in try await storage.list(.pack) {
+                if let id = ID(hex: f.name) { stored[id] = f.size } else {
+                    report.warning("data/\(f.name) is not a valid pack file name; it was ignored")
+                }
+            }
+        } catch {
+            report.error("cannot list pack files: \(error)")
+            return
+        }
+        report.statistics.packsInStorage = stored.count
+        var damaged: [BlobKey: ID] = [:]     // lost or damaged blob → its pack
+        var damagedPacks = Set<ID>()
+        var lostByPack: [ID: [BlobKey]] = [:]
+        var checkedPacks = 0
+        for pack in packBlobs.keys.sorted() {
+            let entries = packBlobs[pack]!.sorted { ($0.offset, $0.length) < ($1.offset, $1.length) }
+            let indexName = namedBy[pack].map { "index \($0.short)" } ?? "the index"
+            checkedPacks += 1
+            progress?(CheckProgress(phase: .packs, done: checkedPacks, total: packBlobs.count))
+            guard let size = stored[pack] else {
+                report.error("pack \(pack.short) is named in \(indexName) but missing from storage (\(entries.count) blobs lost)")
+                damagedPacks.insert(pack)
+                for b in entries {
+                    let k = BlobKey(id: b.id, type: b.type)
+                    // A copy in another pack still makes the blob available.
+                    if (locations[k] ?? 0) <= 1 {
+                        damaged[k] = pack
+                        lostByPack[pack, default: []].append(k)
+                    }
+                }
+                continue
+            }
+            var end: UInt64 = 0
+            var overlap: (PackedBlob, PackedBlob)?
+            var previous: PackedBlob?
+            for b in entries {
+                if let p = previous, UInt64(b.offset) < UInt64(p.offset) + UInt64(p.length), overlap == nil { overlap = (p, b) }
+                end = max(end, UInt64(b.offset) + UInt64(b.length))
+                previous = b
+            }
+            if let (a, b) = overlap {
+                report.error("pack \(pack.short): \(indexName) lists overlapping blobs \(a.id.short) and \(b.id.short)")
+                damagedPacks.insert(pack)
+            }
+            let expected = PackReader.expectedSize(entries)
+            let headerBytes = expected - entries.reduce(0) { $0 + Int($1.length) }
+            if end + UInt64(headerBytes) > UInt64(size) {
+                report.error("pack \(pack.short) is too short: it has \(size) bytes, but the blobs listed in \(indexName) end at "
+                             + "byte \(end) and the header needs \(headerBytes) more")
+                damagedPacks.insert(pack)
+            } else if expected != size {
+                report.error("pack \(pack.short) has \(size) bytes, but \(indexName) implies \(expected) (blobs plus header)")
+                damagedPacks.insert(pack)
+            }
+        }
+        let unreferenced = stored.keys.filter { packBlobs[$0] == nil }.sorted()
+        report.statistics.unreferencedPacks = unreferenced.count
+        if !unreferenced.isEmpty {
+            let sample = unreferenced.prefix(5).map(\.short).joined(separator: ", ")
+            report.hint("\(unreferenced.count) pack\(unreferenced.count == 1 ? " is" : "s are") not referenced by any index "
+                        + "(\(sample)\(unreferenced.count > 5 ? ", …" : "")); run `haven prune` to remove "
+                        + (unreferenced.count == 1 ? "it" : "them"))
+        }
+
+        // MARK: Snapshots
+        let snapshots = Locked<[Snapshot]>([])
+        let snapshotErrors = Locked<[String]>([])
+        let snapshotsDone = Locked(0)
+        try await forEachConcurrently(snapshotIDs, limit: 8) { id in
+            do {
+                let s = try await repository.loadSnapshot(id)
+                snapshots.withLock { $0.append(s) }
+            } catch let e as HavenError {
+                snapshotErrors.withLock { $0.append("snapshot \(id.short) cannot be loaded: \(e.message)") }
+            }
+            let n = snapshotsDone.withLock { $0 += 1; return $0 }
+            progress?(CheckProgress(phase: .snapshots, done: n, total: snapshotIDs.count))
+        }
+        for e in snapshotErrors.withLock({ $0 }).sorted() { report.error(e) }
+        let allSnapshots = snapshots.withLock { $0 }.sorted { ($0.time, $0.id!) < ($1.time, $1.id!) }
+        report.statistics.snapshots = allSnapshots.count
+
+        // MARK: Trees
+        let walker = TreeWalker(repository: repository, index: index)
+        let walk = try await walker.walk(allSnapshots) { n in
+            progress?(CheckProgress(phase: .trees, done: n, total: nil))
+        }
+        for p in walk.problems { report.error(p.description) }
+        if walk.problemCount > walk.problems.count {
+            report.error("… and \(walk.problemCount - walk.problems.count) more problems in snapshot trees")
+        }
+        report.statistics.trees = walk.treesLoaded
+        report.statistics.usedDataBlobs = walk.usedData.count
+        report.statistics.usedTreeBlobs = walk.usedTrees.count
+        var unused = 0
+        for k in locations.keys {
+            let used = k.type == .data ? walk.usedData.contains(k.id) : walk.usedTrees.contains(k.id)
+            if !used { unused += 1 }
+        }
+        report.statistics.unusedBlobs = unused
+
+        // MARK: Read data
+        var blobDamage: [BlobDamage] = []
+        let readable = packBlobs.keys.filter { stored[$0] != nil }.sorted()
+        let selected = select(readable, sizes: stored, options.readData)
+        if !selected.isEmpty {
+            let results = Locked<[PackResult]>([])
+            let totals = Locked<(Int, UInt64)>((0, 0))
+            try await forEachConcurrently(selected, limit: options.concurrency) { pack in
+                let r = await verifyPack(repository, pack, indexed: packBlobs[pack] ?? [])
+                results.withLock { $0.append(r) }
+                let (n, b) = totals.withLock { t -> (Int, UInt64) in t.0 += 1; t.1 += r.bytes; return t }
+                progress?(CheckProgress(phase: .readData, done: n, total: selected.count, bytes: b))
+            }
+            for r in results.withLock({ $0 }).sorted(by: { $0.pack < $1.pack }) {
+                report.statistics.packsRead += 1
+                report.statistics.bytesRead += r.bytes
+                report.statistics.blobsVerified += r.verified
+                for e in r.errors { report.error(e) }
+                if !r.errors.isEmpty || !r.damaged.isEmpty { damagedPacks.insert(r.pack) }
+                blobDamage.append(contentsOf: r.damaged)
+                for d in r.damaged { damaged[BlobKey(id: d.blob.id, type: d.blob.type)] = r.pack }
+            }
+        }
+
+        // MARK: Who is affected
+        let users = await walker.snapshotsUsing(Set(damaged.keys), in: allSnapshots)
+        func usedBy(_ k: BlobKey) -> String {
+            guard let s = users[k], !s.isEmpty else { return "not used by any snapshot" }
+            let names = s.prefix(10).map(\.short).joined(separator: ", ")
+            return "used by snapshot\(s.count == 1 ? "" : "s") \(names)\(s.count > 10 ? " and \(s.count - 10) more" : "")"
+        }
+        let perPackLimit = 100
+        var shownPerPack: [ID: Int] = [:]
+        for d in blobDamage.sorted(by: { ($0.pack, $0.blob.offset) < ($1.pack, $1.blob.offset) }) {
+            let shown = shownPerPack[d.pack, default: 0]
+            shownPerPack[d.pack] = shown + 1
+            if shown < perPackLimit { report.error("\(d.message); \(usedBy(BlobKey(id: d.blob.id, type: d.blob.type)))") }
+        }
+        for (pack, n) in shownPerPack.sorted(by: { $0.key < $1.key }) where n > perPackLimit {
+            report.error("pack \(pack.short): … and \(n - perPackLimit) more damaged blobs")
+        }
+        for (pack, lost) in lostByPack.sorted(by: { $0.key < $1.key }) {
+            var affected = Set<ID>()
+            for k in lost { affected.formUnion(users[k] ?? []) }
+            if !affected.isEmpty {
+                let names = affected.sorted().prefix(10).map(\.short).joined(separator: ", ")
+                report.error("missing pack \(pack.short) held blobs used by \(affected.count) snapshot\(affected.count == 1 ? "" : "s"): \(names)"
+                             + (affected.count > 10 ? ", …" : ""))
+            }
+        }
+        report.damagedPacks = Array(damagedPacks)
+        report.damagedBlobs = damaged.map { k, pack in
+            CheckReport.DamagedBlob(id: k.id, type: k.type, pack: pack, snapshots: (users[k] ?? []).sorted())
+        }
+        if report.hasErrors && !damagedPacks.isEmpty {
+            report.hint("damaged or missing packs: \(damagedPacks.sorted().prefix(10).map(\.short).joined(separator: ", "))"
+                        + (damagedPacks.count > 10 ? ", …" : ""))
+        }
+    }
+
+    /// The packs `selection` picks among `packs` (sorted).
+    static func select(_ packs: [ID], sizes: [ID: Int], _ selection: ReadDataSelection) -> [ID] {
+        switch selection {
+        case .none:
+            return []
+        case .all:
+            return packs
+        case .subset(let n, let t):
+            guard t >= 1, n >= 1, n <= t else { return [] }
+            return packs.filter { Int($0.w0 >> 56) % t == n - 1 }
+        case .percent(let p):
+            guard p > 0, !packs.isEmpty else { return [] }
+            let count = min(packs.count, max(1, Int((Double(packs.count) * min(p, 100) / 100).rounded(.up))))
+            return Array(packs.shuffled().prefix(count)).sorted()
+        case .bytes(let limit):
+            var chosen: [ID] = []
+            var total: UInt64 = 0
+            for p in packs.shuffled() {
+                guard total < limit else { break }
+                chosen.append(p)
+                total += UInt64(sizes[p] ?? 0)
+            }
+            return chosen.sorted()
+        }
+    }
+
+    /// Reads one pack completely and verifies its name, header and every blob.
+    private static func verifyPack(_ repository: Repository, _ pack: ID, indexed: Set<PackedBlob>) async -> PackResult {
+        var r = PackResult(pack: pack)
+        let bytes: [UInt8]
+        do { bytes = try await repository.storage.load(Handle(.pack, pack)) } catch {
+            r.errors.append("pack \(pack.short) cannot be read: \(error)")
+            return r
+        }
+        r.bytes = UInt64(bytes.count)
+        if ID.hash(bytes) != pack {
+            r.errors.append("pack \(pack.short) is damaged: its content does not match its ID (SHA-256)")
+        }
+        var toVerify = indexed
+        do {
+            let header = Set(try PackReader.header(of: bytes, id: pack, key: repository.key))
+            let notInHeader = indexed.subtracting(header).sorted { $0.offset < $1.offset }
+            let notInIndex = header.subtracting(indexed).sorted { $0.offset < $1.offset }
+            if let b = notInHeader.first {
+                r.errors.append("pack \(pack.short): \(notInHeader.count) index entr\(notInHeader.count == 1 ? "y does" : "ies do") not match "
+                                + "the pack header (e.g. \(b.type.rawValue) blob \(b.id.short) at offset \(b.offset), length \(b.length))")
+            }
+            if let b = notInIndex.first {
+                r.errors.append("pack \(pack.short): its header lists \(notInIndex.count) blob\(notInIndex.count == 1 ? "" : "s") the index does not "
+                                + "(e.g. \(b.type.rawValue) blob \(b.id.short) at offset \(b.offset))")
+            }
+            toVerify.formUnion(header)
+        } catch let e as HavenError {
+            r.errors.append(e.message)
+        } catch {
+            r.errors.append("pack \(pack.short): \(error)")
+        }
+        bytes.withUnsafeBytes { raw in
+            for b in toVerify.sorted(by: { ($0.offset, $0.length) < ($1.offset, $1.length) }) {
+                let start = Int(b.offset), end = Int(b.offset) + Int(b.length)
+                guard end <= raw.count else {
+                    r.damaged.append(BlobDamage(blob: b, pack: pack, message: "\(b.type.rawValue) blob \(b.id.short) in pack \(pack.short) "
+                                                + "is damaged: it extends beyond the end of the pack"))
+                    continue
+                }
+                do {
+                    _ = try repository.decryptBlob(UnsafeRawBufferPointer(rebasing: raw[start..<end]), b, pack: pack)
+                    r.verified += 1
+                } catch let e as HavenError {
+                    r.damaged.append(BlobDamage(blob: b, pack: pack, message: e.message))
+                } catch {
+                    r.damaged.append(BlobDamage(blob: b, pack: pack, message: "\(b.type.rawValue) blob \(b.id.short) in pack \(pack.short): \(error)"))
+                }
+            }
+        }
+        return r
+    }
+}

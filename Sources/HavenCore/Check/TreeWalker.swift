@@ -1,0 +1,176 @@
+/// A blob's identity: its ID and type (a data and a tree blob with the same ID are different blobs).
+struct BlobKey: Hashable, Sendable {
+    var id: ID
+    var type: BlobType
+}
+
+/// Loads a blob through a given index (not necessarily the repository's own).
+func loadBlob(_ repository: Repository, index: MasterIndex, _ id: ID, _ type: BlobType) async throws -> [UInt8] {
+    guard let loc = index.lookup(id, type) else {
+        throw HavenError(.notFound, "\(type.rawValue) blob \(id.short) is not in the index")
+    }
+    let sealed = try await repository.storage.load(Handle(.pack, loc.pack), offset: Int(loc.blob.offset), length: Int(loc.blob.length))
+    return try repository.decryptBlob(sealed, loc.blob, pack: loc.pack)
+}
+
+func loadTree(_ repository: Repository, index: MasterIndex, _ id: ID) async throws -> Tree {
+    let bytes = try await loadBlob(repository, index: index, id, .tree)
+    do { return try Tree.decode(bytes) } catch let e as HavenError {
+        throw HavenError(.corrupt, "tree \(id.short) cannot be decoded: \(e.message)")
+    }
+}
+
+/// Walks every tree reachable from a set of snapshots, each tree once, several at a time, and collects the
+/// blobs they use plus every problem found (unloadable trees, blobs missing from the index).
+struct TreeWalker: Sendable {
+    let repository: Repository
+    let index: MasterIndex
+    var concurrency = 8
+    /// Problems beyond this many are only counted.
+    var maxProblems = 1000
+
+    struct Problem: Sendable {
+        var snapshot: ID?
+        var path: String
+        var message: String
+        var blob: BlobKey?
+
+        var description: String {
+            let where_ = snapshot.map { "snapshot \($0.short): \(path)" } ?? path
+            return "\(where_): \(message)"
+        }
+    }
+
+    struct Result: Sendable {
+        var treesLoaded = 0
+        var usedData = Set<ID>()
+        var usedTrees = Set<ID>()
+        var problems: [Problem] = []
+        var problemCount = 0
+        /// Blobs referenced but not in the index.
+        var missing = Set<BlobKey>()
+    }
+
+    private struct Item: Sendable {
+        var tree: ID
+        var snapshot: ID?
+        var path: String
+    }
+
+    static func join(_ parent: String, _ name: String) -> String {
+        parent == "/" ? "/" + name : parent + "/" + name
+    }
+
+    /// Walks from each snapshot's root tree. `onTree` is called after each tree with the count so far.
+    func walk(_ snapshots: [Snapshot], onTree: (@Sendable (Int) -> Void)? = nil) async throws -> Result {
+        let state = Locked(Result())
+        let max = maxProblems
+        @Sendable func record(_ s: inout Result, _ p: Problem) {
+            s.problemCount += 1
+            if s.problems.count < max { s.problems.append(p) }
+            if let b = p.blob { s.missing.insert(b) }
+        }
+        var wave: [Item] = []
+        for snap in snapshots {
+            state.withLock { s in
+                guard s.usedTrees.insert(snap.tree).inserted else { return }
+                if index.has(snap.tree, .tree) {
+                    wave.append(Item(tree: snap.tree, snapshot: snap.id, path: "/"))
+                } else {
+                    record(&s, Problem(snapshot: snap.id, path: "/", message: "root tree \(snap.tree.short) is not in the index",
+                                       blob: BlobKey(id: snap.tree, type: .tree)))
+                }
+            }
+        }
+        while !wave.isEmpty {
+            try Task.checkCancellation()
+            let next = Locked<[Item]>([])
+            let repository = self.repository, index = self.index
+            try await forEachConcurrently(wave, limit: concurrency) { item in
+                let tree: Tree
+                do {
+                    tree = try await loadTree(repository, index: index, item.tree)
+                } catch let e as HavenError {
+                    state.withLock { record(&$0, Problem(snapshot: item.snapshot, path: item.path,
+                                                         message: "tree \(item.tree.short) cannot be loaded: \(e.message)")) }
+                    return
+                }
+                var data: [ID] = []
+                var children: [Item] = []
+                var problems: [Problem] = []
+                for node in tree.nodes {
+                    let path = TreeWalker.join(item.path, node.displayName)
+                    switch node.type {
+                    case .file:
+                        for c in node.content {
+                            data.append(c)
+                            if !index.has(c, .data) {
+                                problems.append(Problem(snapshot: item.snapshot, path: path,
+                                                        message: "data blob \(c.short) is not in the index",
+                                                        blob: BlobKey(id: c, type: .data)))
+                            }
+                        }
+                    case .dir:
+                        guard let sub = node.subtree else {
+                            problems.append(Problem(snapshot: item.snapshot, path: path, message: "directory has no subtree"))
+                            continue
+                        }
+                        children.append(Item(tree: sub, snapshot: item.snapshot, path: path))
+                    default:
+                        if let sub = node.subtree { children.append(Item(tree: sub, snapshot: item.snapshot, path: path)) }
+                    }
+                }
+                let count = state.withLock { s -> Int in
+                    s.treesLoaded += 1
+                    s.usedData.formUnion(data)
+                    for p in problems { record(&s, p) }
+                    var fresh: [Item] = []
+                    for c in children where s.usedTrees.insert(c.tree).inserted {
+                        if index.has(c.tree, .tree) {
+                            fresh.append(c)
+                        } else {
+                            record(&s, Problem(snapshot: c.snapshot, path: c.path, message: "tree blob \(c.tree.short) is not in the index",
+                                               blob: BlobKey(id: c.tree, type: .tree)))
+                        }
+                    }
+                    next.withLock { $0.append(contentsOf: fresh) }
+                    return s.treesLoaded
+                }
+                onTree?(count)
+            }
+            wave = next.withLock { $0 }
+        }
+        return state.withLock { $0 }
+    }
+
+    /// For each blob in `targets`, the snapshots whose trees reach it. Each tree is loaded at most once;
+    /// trees that cannot be loaded are skipped.
+    func snapshotsUsing(_ targets: Set<BlobKey>, in snapshots: [Snapshot]) async -> [BlobKey: [ID]] {
+        guard !targets.isEmpty else { return [:] }
+        var memo: [ID: Set<BlobKey>] = [:]
+        func reach(_ tree: ID, depth: Int) async -> Set<BlobKey> {
+            if let known = memo[tree] { return known }
+            memo[tree] = []  // guards against cycles in hostile data
+            var found = Set<BlobKey>()
+            if targets.contains(BlobKey(id: tree, type: .tree)) { found.insert(BlobKey(id: tree, type: .tree)) }
+            guard depth < 1000, let t = try? await loadTree(repository, index: index, tree) else {
+                memo[tree] = found
+                return found
+            }
+            for node in t.nodes {
+                for c in node.content where targets.contains(BlobKey(id: c, type: .data)) {
+                    found.insert(BlobKey(id: c, type: .data))
+                }
+                if let sub = node.subtree { found.formUnion(await reach(sub, depth: depth + 1)) }
+            }
+            memo[tree] = found
+            return found
+        }
+        var out: [BlobKey: [ID]] = [:]
+        for s in snapshots {
+            guard let sid = s.id else { continue }
+            for b in await reach(s.tree, depth: 0) { out[b, default: []].append(sid) }
+        }
+        return out
+    }
+}

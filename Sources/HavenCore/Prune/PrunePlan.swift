@@ -1,0 +1,525 @@
+/// How much unused space `prune` may leave in partly used packs (restic's `--max-unused`).
+public enum MaxUnused: Sendable, Equatable {
+    /// At most this percentage of the repository's size after pruning may be unused.
+    case percent(Double)
+    /// At most this many unused bytes may remain.
+    case bytes(UInt64)
+    /// Never repack data packs just to reclaim space (tree packs are still repacked).
+    case unlimited
+
+    /// Parses restic's forms: `"5%"`, `"unlimited"`, or a size such as `"0"`, `"200M"` (binary units).
+    public static func parse(_ text: String) throws -> MaxUnused {
+        let s = text.filter { $0 != " " }
+        if s == "unlimited" { return .unlimited }
+        if s.hasSuffix("%") {
+            guard let p = Double(s.dropLast()), p >= 0, p <= 100 else {
+                throw HavenError(.invalidArgument, "invalid --max-unused \"\(text)\": the percentage must be between 0 and 100")
+            }
+            return .percent(p)
+        }
+        guard let b = parseSize(s) else {
+            throw HavenError(.invalidArgument, "invalid --max-unused \"\(text)\": use a percentage (5%), a size (200M) or \"unlimited\"")
+        }
+        return .bytes(b)
+    }
+
+    /// The unused bytes allowed when `used` bytes remain in use.
+    func allowance(used: UInt64) -> UInt64 {
+        switch self {
+        case .unlimited: return .max
+        case .bytes(let b): return b
+        case .percent(let p):
+            // p% of (used + unused) ⇔ unused ≤ used · p / (100 − p).
+            guard p < 100 else { return .max }
+            guard p > 0 else { return 0 }
+            return UInt64(Double(used) * p / (100 - p))
+        }
+    }
+}
+
+/// What `PrunePlan.make` may do.
+public struct PruneOptions: Sendable {
+    public var maxUnused: MaxUnused
+    /// Stop choosing packs to repack once their total size would exceed this (restic's `--max-repack-size`).
+    public var maxRepackBytes: UInt64?
+    /// Repack only packs holding tree blobs (restic's `--repack-cacheable-only`).
+    public var repackCacheableOnly: Bool
+    /// Target size of the packs written when repacking.
+    public var packSize: Int
+    /// Packs read at once while repacking (each is held in memory).
+    public var concurrency: Int
+
+    public init(maxUnused: MaxUnused = .percent(5), maxRepackBytes: UInt64? = nil, repackCacheableOnly: Bool = false,
+                packSize: Int = 16 << 20, concurrency: Int = 2) {
+        self.maxUnused = maxUnused
+        self.maxRepackBytes = maxRepackBytes
+        self.repackCacheableOnly = repackCacheableOnly
+        self.packSize = packSize
+        self.concurrency = max(1, concurrency)
+    }
+
+    func validate() throws {
+        if case .percent(let p) = maxUnused, !(p >= 0 && p <= 100) {
+            throw HavenError(.invalidArgument, "--max-unused \(p)% is out of range: use 0% to 100%")
+        }
+        guard packSize >= 1 else { throw HavenError(.invalidArgument, "pack size must be positive") }
+    }
+}
+
+/// Progress of planning and executing a prune.
+public struct PruneProgress: Sendable {
+    public enum Phase: String, Sendable {
+        case snapshots = "loading snapshots"
+        case trees = "finding data still in use"
+        case repack = "repacking packs"
+        case writeIndex = "rebuilding index"
+        case deleteIndex = "deleting obsolete index files"
+        case deletePacks = "removing old packs"
+    }
+    public var phase: Phase
+    public var done: Int
+    public var total: Int?
+}
+
+/// What `PrunePlan.execute` did.
+public struct PruneResult: Sendable {
+    public var packsWritten = 0
+    public var blobsRepacked = 0
+    public var bytesWritten: UInt64 = 0
+    public var indexFilesWritten = 0
+    public var indexFilesRemoved = 0
+    public var packsRemoved = 0
+}
+
+/// A prune, decided before anything is changed: which packs to delete, which to repack, and what it frees.
+///
+/// `make` only reads, so showing `description` without executing is a dry run. `execute` carries the plan
+/// out in an order that keeps the repository valid if it is interrupted at any point: new packs, then an
+/// index describing every remaining pack, then removal of the old index files, and only then of packs.
+public struct PrunePlan: Sendable, CustomStringConvertible {
+    /// A number of blobs and their stored size (encrypted bytes plus header entries).
+    public struct Amount: Sendable, Equatable {
+        public var blobs = 0
+        public var bytes: UInt64 = 0
+        mutating func add(_ b: PackedBlob) {
+            blobs += 1
+            bytes += UInt64(b.length) + UInt64(PackReader.headerEntrySize(b))
+        }
+        mutating func add(_ a: Amount) { blobs += a.blobs; bytes += a.bytes }
+    }
+
+    public var options: PruneOptions
+    /// Indexed packs that hold no used blob.
+    public var packsToDelete: [ID] = []
+    /// Partly used packs whose used blobs are copied into new packs before the pack is removed.
+    public var packsToRepack: [ID] = []
+    /// Pack files in storage that no index names (left by interrupted operations).
+    public var unreferencedPacks: [ID] = []
+    /// Packs named in the index but missing from storage; the new index drops them (none of their blobs is needed).
+    public var missingPacks: [ID] = []
+    /// Packs that stay as they are.
+    public var packsKept = 0
+
+    /// Used blobs (one copy each).
+    public var used = Amount()
+    /// Blobs no snapshot needs, including extra copies of duplicated blobs.
+    public var unused = Amount()
+    /// Extra copies of blobs stored more than once (part of `unused`).
+    public var duplicates = Amount()
+    /// Used blobs copied into new packs.
+    public var toRepack = Amount()
+    /// Unused blobs removed by repacking.
+    public var removedByRepack = Amount()
+    /// Blobs in deleted packs.
+    public var removedByDelete = Amount()
+    public var unreferencedBytes: UInt64 = 0
+    /// Unused bytes left in kept packs after pruning.
+    public var unusedAfter: UInt64 = 0
+    /// Approximate storage space freed.
+    public var bytesFreed: UInt64 = 0
+    /// Approximate repository size (packs) after pruning.
+    public var remainingBytes: UInt64 = 0
+
+    // What execute needs.
+    var indexFiles: [ID] = []
+    var snapshotIDs: [ID] = []
+    var keptPacks: [IndexFile.Pack] = []
+    var repackSources: [ID: [PackedBlob]] = [:]
+
+    /// True when executing would change nothing.
+    public var isEmpty: Bool {
+        packsToDelete.isEmpty && packsToRepack.isEmpty && unreferencedPacks.isEmpty && missingPacks.isEmpty
+    }
+
+    // MARK: Planning
+
+    /// Reads the repository and decides what to prune. Changes nothing.
+    ///
+    /// Refuses (throws `.corrupt`) when a snapshot or index file cannot be read, a tree cannot be loaded,
+    /// or a blob a snapshot uses is not available: pruning then could destroy the data a repair needs.
+    public static func make(
+        repository: Repository, options: PruneOptions = PruneOptions(),
+        progress: (@Sendable (PruneProgress) -> Void)? = nil
+    ) async throws -> PrunePlan {
+        try options.validate()
+        var plan = PrunePlan(options: options)
+        let storage = repository.storage
+
+        // Snapshots are listed before the index is read (the index covers every listed snapshot).
+        let snapshotIDs = try await repository.listSnapshotIDs()
+        plan.snapshotIDs = snapshotIDs.sorted()
+        let files: [(ID, IndexFile)]
+        do { files = try await repository.loadIndexFiles() } catch let e as HavenError {
+            throw HavenError(.corrupt, "prune refused: \(e.message); nothing was changed. Run `haven check` and repair the index first", cause: e)
+        }
+        plan.indexFiles = files.map(\.0).sorted()
+        let snapshots = Locked<[Snapshot]>([])
+        let done = Locked(0)
+        do {
+            try await forEachConcurrently(snapshotIDs, limit: 8) { id in
+                let s = try await repository.loadSnapshot(id)
+                snapshots.withLock { $0.append(s) }
+                let n = done.withLock { $0 += 1; return $0 }
+                progress?(PruneProgress(phase: .snapshots, done: n, total: snapshotIDs.count))
+            }
+        } catch let e as HavenError {
+            throw HavenError(.corrupt, "prune refused: a snapshot cannot be loaded (\(e.message)); nothing was changed. "
+                             + "Run `haven check`, then remove or repair the damaged snapshot", cause: e)
+        }
+
+        let index = MasterIndex()
+        for (_, f) in files { index.add(f) }
+        let walk = try await TreeWalker(repository: repository, index: index, maxProblems: 20)
+            .walk(snapshots.withLock { $0 }) { n in progress?(PruneProgress(phase: .trees, done: n, total: nil)) }
+        if walk.problemCount > 0 {
+            throw HavenError(.corrupt, "prune refused: \(walk.problemCount) problem\(walk.problemCount == 1 ? "" : "s") in the data snapshots use, e.g.\n  "
+                             + walk.problems.prefix(5).map(\.description).joined(separator: "\n  ")
+                             + "\nnothing was changed. Run `haven check` and repair the repository first")
+        }
+
+        var stored: [ID: Int] = [:]
+        for f in try await storage.list(.pack) {
+            if let id = ID(hex: f.name) { stored[id] = f.size }
+        }
+        try plan.classify(files: files, stored: stored, usedData: walk.usedData, usedTrees: walk.usedTrees)
+        return plan
+    }
+
+    private struct PackStats {
+        var blobs: [PackedBlob]
+        var size: UInt64
+        var used = Amount()
+        var unused = Amount()
+        var duplicates = Amount()
+        var hasTree = false
+        var keepers: [PackedBlob] = []
+    }
+
+    private mutating func classify(files: [(ID, IndexFile)], stored: [ID: Int], usedData: Set<ID>, usedTrees: Set<ID>) throws {
+        // Every pack's entries, merged across index files.
+        var entries: [ID: Set<PackedBlob>] = [:]
+        for (_, f) in files { for p in f.packs { entries[p.id, default: []].formUnion(p.blobs) } }
+        func isUsed(_ b: PackedBlob) -> Bool { b.type == .data ? usedData.contains(b.id) : usedTrees.contains(b.id) }
+
+        var packs: [ID: PackStats] = [:]
+        var locations: [BlobKey: [ID]] = [:]
+        for (id, set) in entries {
+            guard let size = stored[id] else {
+                missingPacks.append(id)
+                continue
+            }
+            let blobs = set.sorted { ($0.offset, $0.length) < ($1.offset, $1.length) }
+            var stats = PackStats(blobs: blobs, size: UInt64(size))
+            var seen = Set<BlobKey>()
+            for b in blobs {
+                if b.type == .tree { stats.hasTree = true }
+                let k = BlobKey(id: b.id, type: b.type)
+                if isUsed(b) && seen.insert(k).inserted { locations[k, default: []].append(id) }
+            }
+            packs[id] = stats
+        }
+        missingPacks.sort()
+
+        // Every used blob needs a copy in a pack that exists.
+        var unavailable: [BlobKey] = []
+        for id in usedData where locations[BlobKey(id: id, type: .data)] == nil { unavailable.append(BlobKey(id: id, type: .data)) }
+        for id in usedTrees where locations[BlobKey(id: id, type: .tree)] == nil { unavailable.append(BlobKey(id: id, type: .tree)) }
+        if !unavailable.isEmpty {
+            let sample = unavailable.prefix(5).map { "\($0.type.rawValue) blob \($0.id.short)" }.joined(separator: ", ")
+            throw HavenError(.corrupt, "prune refused: \(unavailable.count) blob\(unavailable.count == 1 ? "" : "s") that snapshots use "
+                             + "\(unavailable.count == 1 ? "is" : "are") only in packs missing from storage (\(sample)); nothing was changed. "
+                             + "Run `haven check` and repair the repository first")
+        }
+
+        // Choose one copy of each used blob: the one in the pack that is most used anyway.
+        var usedShare: [ID: Double] = [:]
+        for (id, p) in packs {
+            var usedBytes: UInt64 = 0, total: UInt64 = 0
+            for b in p.blobs {
+                total += UInt64(b.length)
+                if isUsed(b) { usedBytes += UInt64(b.length) }
+            }
+            usedShare[id] = total == 0 ? 0 : Double(usedBytes) / Double(total)
+        }
+        var keeper: [BlobKey: ID] = [:]
+        for (k, where_) in locations {
+            keeper[k] = where_.min { a, b in
+                let x = usedShare[a]!, y = usedShare[b]!
+                return x != y ? x > y : a < b
+            }
+        }
+        for id in Array(packs.keys) {
+            var p = packs[id]!
+            var taken = Set<BlobKey>()
+            for b in p.blobs {
+                let k = BlobKey(id: b.id, type: b.type)
+                if isUsed(b) && keeper[k] == id && taken.insert(k).inserted {
+                    p.used.add(b)
+                    p.keepers.append(b)
+                } else {
+                    p.unused.add(b)
+                    if isUsed(b) { p.duplicates.add(b) }
+                }
+            }
+            packs[id] = p
+            used.add(p.used)
+            unused.add(p.unused)
+            duplicates.add(p.duplicates)
+        }
+
+        // Classify.
+        var keep = Set<ID>()
+        var repack: [ID] = []
+        var candidates: [ID] = []
+        var repackBytes: UInt64 = 0
+        for id in packs.keys.sorted() {
+            let p = packs[id]!
+            if p.used.blobs == 0 {
+                packsToDelete.append(id)
+                removedByDelete.add(p.unused)
+            } else if p.unused.blobs == 0 {
+                keep.insert(id)
+            } else if p.hasTree {
+                repack.append(id)
+                repackBytes += p.size
+            } else if options.repackCacheableOnly {
+                keep.insert(id)
+            } else {
+                candidates.append(id)
+            }
+        }
+        candidates.sort { a, b in
+            let x = packs[a]!.unused.bytes, y = packs[b]!.unused.bytes
+            return x != y ? x > y : a < b
+        }
+        var unusedLeft = candidates.reduce(UInt64(0)) { $0 + packs[$1]!.unused.bytes }
+        let allowance = options.maxUnused.allowance(used: used.bytes)
+        for id in candidates {
+            let p = packs[id]!
+            let fits = options.maxRepackBytes.map { repackBytes + p.size <= $0 } ?? true
+            if unusedLeft > allowance && fits {
+                repack.append(id)
+                repackBytes += p.size
+                unusedLeft -= p.unused.bytes
+            } else {
+                keep.insert(id)
+            }
+        }
+        unusedAfter = unusedLeft
+
+        // Copy a used blob out of a repacked pack only when no kept pack has a copy of it.
+        var keptHas = Set<BlobKey>()
+        for id in keep { for b in packs[id]!.blobs { keptHas.insert(BlobKey(id: b.id, type: b.type)) } }
+        var copied = Set<BlobKey>()
+        for id in repack.sorted() {
+            let p = packs[id]!
+            var sources: [PackedBlob] = []
+            for b in p.keepers {
+                let k = BlobKey(id: b.id, type: b.type)
+                guard !keptHas.contains(k), copied.insert(k).inserted else { continue }
+                sources.append(b)
+                toRepack.add(b)
+            }
+            var removed = p.unused
+            removed.blobs += p.keepers.count - sources.count
+            for b in p.keepers where !sources.contains(b) { removed.bytes += UInt64(b.length) + UInt64(PackReader.headerEntrySize(b)) }
+            removedByRepack.add(removed)
+            if !sources.isEmpty { repackSources[id] = sources }
+        }
+        packsToRepack = repack.sorted()
+        packsToDelete.sort()
+        packsKept = keep.count
+        keptPacks = keep.sorted().map { IndexFile.Pack(id: $0, blobs: packs[$0]!.blobs) }
+
+        unreferencedPacks = stored.keys.filter { entries[$0] == nil }.sorted()
+        unreferencedBytes = unreferencedPacks.reduce(0) { $0 + UInt64(stored[$1]!) }
+        let deletedBytes = packsToDelete.reduce(UInt64(0)) { $0 + packs[$1]!.size }
+        let repackedBytes = packsToRepack.reduce(UInt64(0)) { $0 + packs[$1]!.size }
+        bytesFreed = deletedBytes + unreferencedBytes + (repackedBytes > toRepack.bytes ? repackedBytes - toRepack.bytes : 0)
+        let keptBytes = keep.reduce(UInt64(0)) { $0 + packs[$1]!.size }
+        remainingBytes = keptBytes + toRepack.bytes
+    }
+
+    // MARK: Executing
+
+    /// Carries the plan out. The caller must hold an exclusive `lock` on `repository` (taken before or
+    /// after planning); the plan is refused if index files or snapshots were added since it was made.
+    ///
+    /// Order: repacked blobs are written into new packs; then new index files describing every remaining
+    /// pack (superseding all old ones) are stored; then the old index files are removed; and only then the
+    /// deleted, repacked and unreferenced packs. An interruption leaves a valid repository (possibly with
+    /// extra packs or duplicate index entries, which the next prune cleans up). Afterwards the repository's
+    /// in-memory index is stale: open the repository again before using it.
+    @discardableResult
+    public func execute(repository: Repository, lock: Lock,
+                        progress: (@Sendable (PruneProgress) -> Void)? = nil) async throws -> PruneResult {
+        guard lock.isExclusive, lock.isHeld, lock.repository.storage.location == repository.storage.location else {
+            throw HavenError(.lockFailed, "prune needs an exclusive lock on \(repository.storage.location) held while it runs")
+        }
+        var result = PruneResult()
+        guard !isEmpty else { return result }
+        let storage = repository.storage
+
+        // The plan is only valid for the repository state it was made from.
+        let currentIndex = Set(try await storage.list(.index).compactMap { ID(hex: $0.name) })
+        guard currentIndex == Set(indexFiles) else {
+            throw HavenError(.fatal, "the repository's index changed since the prune plan was made; nothing was changed, make a new plan")
+        }
+        let currentSnapshots = Set(try await repository.listSnapshotIDs())
+        guard currentSnapshots.isSubset(of: Set(snapshotIDs)) else {
+            throw HavenError(.fatal, "snapshots were added since the prune plan was made; nothing was deleted, make a new plan")
+        }
+
+        // 1. Copy the used blobs of repacked packs into new packs.
+        let assembler = PackAssembler(repository: repository, packSize: options.packSize)
+        let sources = repackSources.sorted { $0.key < $1.key }
+        let repacked = Locked(0)
+        try await forEachConcurrently(sources, limit: options.concurrency) { (pack, blobs) in
+            let bytes: [UInt8]
+            do { bytes = try await storage.load(Handle(.pack, pack)) } catch {
+                throw HavenError(.io, "prune stopped before deleting anything: pack \(pack.short) cannot be read: \(error)")
+            }
+            for b in blobs {
+                let start = Int(b.offset), end = Int(b.offset) + Int(b.length)
+                guard end <= bytes.count else {
+                    throw HavenError(.corrupt, "prune stopped before deleting anything: \(b.type.rawValue) blob \(b.id.short) lies beyond "
+                                     + "the end of pack \(pack.short); run `haven check --read-data`")
+                }
+                let sealed = Array(bytes[start..<end])
+                do { _ = try repository.decryptBlob(sealed, b, pack: pack) } catch let e as HavenError {
+                    throw HavenError(.corrupt, "prune stopped before deleting anything: \(e.message); run `haven check --read-data`")
+                }
+                try await assembler.add(b, sealed: sealed)
+            }
+            let n = repacked.withLock { $0 += 1; return $0 }
+            progress?(PruneProgress(phase: .repack, done: n, total: sources.count))
+        }
+        try await assembler.flush()
+        let newPacks = assembler.packs
+        result.packsWritten = newPacks.count
+        result.blobsRepacked = newPacks.reduce(0) { $0 + $1.blobs.count }
+        result.bytesWritten = assembler.bytesWritten
+
+        // 2. An index of everything that remains, replacing all old index files.
+        let remaining = keptPacks + newPacks.sorted { $0.id < $1.id }
+        var chunk: [IndexFile.Pack] = []
+        var chunkBlobs = 0
+        var chunks: [[IndexFile.Pack]] = []
+        for p in remaining {
+            chunk.append(p)
+            chunkBlobs += p.blobs.count
+            if chunkBlobs >= PrunePlan.maxBlobsPerIndexFile {
+                chunks.append(chunk)
+                chunk = []
+                chunkBlobs = 0
+            }
+        }
+        if !chunk.isEmpty { chunks.append(chunk) }
+        for (i, c) in chunks.enumerated() {
+            try await repository.saveUnpacked(.index, IndexFile(packs: c, supersedes: indexFiles).encoded())
+            result.indexFilesWritten += 1
+            progress?(PruneProgress(phase: .writeIndex, done: i + 1, total: chunks.count))
+        }
+
+        // 3. The old index files.
+        for (i, id) in indexFiles.enumerated() {
+            do {
+                try await storage.remove(Handle(.index, id))
+                result.indexFilesRemoved += 1
+            } catch let e as HavenError where e.code == .notFound {}
+            progress?(PruneProgress(phase: .deleteIndex, done: i + 1, total: indexFiles.count))
+        }
+
+        // 4. Only now, packs nothing refers to any more.
+        let doomed = packsToDelete + packsToRepack + unreferencedPacks
+        let removed = Locked(0)
+        try await forEachConcurrently(doomed, limit: 8) { id in
+            do {
+                try await storage.remove(Handle(.pack, id))
+            } catch let e as HavenError where e.code == .notFound {}
+            let n = removed.withLock { $0 += 1; return $0 }
+            progress?(PruneProgress(phase: .deletePacks, done: n, total: doomed.count))
+        }
+        result.packsRemoved = doomed.count
+        return result
+    }
+
+    /// Index files written by prune hold at most this many blobs each.
+    static let maxBlobsPerIndexFile = 50_000
+
+    // MARK: Description
+
+    /// A summary in the spirit of restic's prune output.
+    public var description: String {
+        func line(_ label: String, _ a: Amount) -> String {
+            label.padding(22) + "\(a.blobs) blobs / \(formatBytes(a.bytes))"
+        }
+        var total = removedByRepack
+        total.add(removedByDelete)
+        var lines: [String] = []
+        lines.append(line("used:", used))
+        lines.append(line("unused:", unused) + (duplicates.blobs > 0 ? " (duplicates: \(duplicates.blobs) blobs / \(formatBytes(duplicates.bytes)))" : ""))
+        lines.append(line("to repack:", toRepack) + " from \(packsToRepack.count) packs")
+        lines.append(line("this removes:", removedByRepack))
+        lines.append(line("to delete:", removedByDelete) + " in \(packsToDelete.count) packs")
+        if !unreferencedPacks.isEmpty {
+            lines.append("unreferenced packs:".padding(22) + "\(unreferencedPacks.count) packs / \(formatBytes(unreferencedBytes))")
+        }
+        if !missingPacks.isEmpty {
+            lines.append("missing packs:".padding(22) + "\(missingPacks.count) (dropped from the index; no used data in them)")
+        }
+        lines.append(line("total prune:", total))
+        lines.append("remaining:".padding(22) + "\(used.blobs + unused.blobs - total.blobs) blobs / \(formatBytes(remainingBytes))")
+        let pct = remainingBytes == 0 ? 0 : Double(unusedAfter) / Double(remainingBytes) * 100
+        lines.append("unused size after prune: \(formatBytes(unusedAfter)) (\(String(format2: pct))% of remaining size)")
+        lines.append("frees about \(formatBytes(bytesFreed)); keeps \(packsKept) packs, repacks \(packsToRepack.count), "
+                     + "deletes \(packsToDelete.count + unreferencedPacks.count)")
+        if isEmpty { lines.append("nothing to prune") }
+        return lines.joined(separator: "\n")
+    }
+}
+
+extension String {
+    fileprivate func padding(_ width: Int) -> String {
+        count >= width ? self + " " : self + String(repeating: " ", count: width - count)
+    }
+
+    /// A number with two decimals, without Foundation.
+    fileprivate init(format2 v: Double) {
+        let scaled = Int64((v * 100).rounded())
+        let frac = scaled % 100
+        self = "\(scaled / 100)." + (frac < 10 ? "0" : "") + "\(frac)"
+    }
+}
+
+/// Bytes in binary units as restic prints them ("1.078 MiB").
+func formatBytes(_ b: UInt64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+    var v = Double(b)
+    var u = 0
+    while v >= 1024 && u < units.count - 1 { v /= 1024; u += 1 }
+    if u == 0 { return "\(b) B" }
+    let scaled = Int64((v * 1000).rounded())
+    let frac = String(scaled % 1000)
+    return "\(scaled / 1000)." + String(repeating: "0", count: 3 - frac.count) + frac + " " + units[u]
+}

@@ -1,0 +1,701 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+extension Restorer {
+    /// Carries out `plan` into `plan.options.target`.
+    ///
+    /// Directories, files (pre-sized, still empty), symlinks, hard links, FIFOs and device nodes are created
+    /// first, in plan order. Then file contents are written pack by pack: each pack's needed blobs are read in
+    /// a few large ranges, decrypted, and written at every position that uses them (all-zero blobs are left
+    /// as holes). Then, when `verify` is set, every written file is re-read and checked. Last come owners,
+    /// extended attributes, modes and times, directories deepest first.
+    ///
+    /// Everything is created relative to directory descriptors opened without following symlinks, so nothing
+    /// outside the target is created, changed or followed, whatever the snapshot contains.
+    ///
+    /// - Parameter progress: called (from any task) whenever files or bytes are finished.
+    /// - Returns: counts, and the errors (the plan's included) and warnings, each naming its entry.
+    /// - Throws: when the target cannot be created or opened, when the disk is full (`.noSpace`), or when
+    ///   the task is cancelled (`.cancelled`). Everything else is reported per entry in the result.
+    public static func execute(_ plan: RestorePlan, repository: Repository,
+                               progress: (@Sendable (RestoreProgress) -> Void)? = nil) async throws -> RestoreResult {
+        let clock = ContinuousClock()
+        let started = clock.now
+        var result: RestoreResult
+        if plan.options.dryRun {
+            result = RestoreResult()
+            result.dryRun = true
+            result.filesRestored = plan.fileCount
+            result.directoriesRestored = plan.directoryCount
+            result.symlinksRestored = plan.symlinkCount
+            result.hardLinksRestored = plan.hardLinkCount
+            result.specialFilesRestored = plan.specialCount
+            result.bytesWritten = plan.totalBytes
+            result.errors = plan.errors
+            result.warnings = plan.warnings
+        } else {
+            let rootFD = try openTarget(plan.options.target, create: true)
+            defer { close(rootFD) }
+            let run = RestoreRun(plan: plan, repository: repository, rootFD: rootFD, progress: progress)
+            defer { run.dirs.closeAll() }
+            try await run.run()
+            result = run.result()
+        }
+        let elapsed = clock.now - started
+        result.duration = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        return result
+    }
+
+    /// Re-reads every regular file of `plan` in its target and checks its size and the SHA-256 of each chunk
+    /// against the blob IDs. Returns one issue per file that is missing or differs.
+    public static func verify(_ plan: RestorePlan, repository: Repository) async throws -> [RestoreIssue] {
+        let rootFD = try openTarget(plan.options.target, create: false)
+        defer { close(rootFD) }
+        let dirs = RestoreDirectories(rootFD: rootFD, entries: plan.entries)
+        defer { dirs.closeAll() }
+        let files = plan.entries.indices.filter { plan.entries[$0].action == .file }
+        return try await verifyFiles(files, entries: plan.entries, dirs: dirs, index: repository.index,
+                                     concurrency: plan.options.packConcurrency).map(\.1)
+    }
+
+    static func verifyFiles(_ files: [Int], entries: [RestorePlan.Entry], dirs: RestoreDirectories, index: MasterIndex,
+                            concurrency: Int) async throws -> [(Int, RestoreIssue)] {
+        let found = Locked<[(Int, RestoreIssue)]>([])
+        try await forEachConcurrently(files, limit: max(1, concurrency)) { i in
+            if Task.isCancelled { throw HavenError(.cancelled, "restore verification cancelled") }
+            let e = entries[i]
+            let problem: String?
+            do {
+                let (fd, err) = try dirs.with(e.parent) { pfd in
+                    let fd = RestoreFS.withCString(e.name) { openat(pfd, $0, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) }
+                    return (fd, errno)
+                }
+                if fd < 0 {
+                    problem = "verification failed: cannot open the restored file: \(Errno(err))"
+                } else {
+                    defer { close(fd) }
+                    problem = RestoreRun.compare(fd, e, index: index).map { "verification failed: \($0)" }
+                }
+            } catch let error as HavenError {
+                problem = "verification failed: \(error.message)"
+            }
+            if let problem { found.withLock { $0.append((i, RestoreIssue(path: e.path, message: problem))) } }
+        }
+        return found.withLock { $0 }.sorted { $0.0 < $1.0 }
+    }
+
+    static func openTarget(_ target: String, create: Bool) throws -> Int32 {
+        guard !target.isEmpty else { throw HavenError(.invalidArgument, "no restore target given") }
+        if create {
+            do {
+                try FileSystem.makeDirectories(target, mode: 0o700)
+            } catch let e as HavenError {
+                throw HavenError(e.code == .noSpace ? .noSpace : .io, "cannot create the restore target \(target): \(e.description)")
+            }
+        }
+        let fd = open(target, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else {
+            let err = errno
+            throw HavenError(err == ENOENT ? .notFound : .io, "cannot open the restore target \(target)", cause: Errno(err))
+        }
+        return fd
+    }
+}
+
+/// One execution of a plan. Phases 1 (create) and 3 (metadata) run in one task and own `states`;
+/// phase 2 (contents) runs packs concurrently and only reads `states`, sharing the rest through `shared`.
+final class RestoreRun: @unchecked Sendable {
+    enum State: Equatable {
+        case pending
+        /// Created by this run.
+        case created
+        /// Already there and kept: an existing directory, or an entry the overwrite policy found unchanged.
+        /// Its metadata is restored.
+        case kept
+        /// Left untouched because of the overwrite policy or a warning.
+        case skipped
+        /// Not created because its directory is not available.
+        case blocked
+        case failed
+    }
+
+    struct BlobUse: Sendable {
+        var entry: Int
+        var offset: UInt64
+    }
+
+    struct PackBlob: Sendable {
+        var blob: PackedBlob
+        var uses: [BlobUse]
+    }
+
+    struct PackJob: Sendable {
+        var pack: ID
+        var blobs: [PackBlob]
+    }
+
+    struct Shared: Sendable {
+        var errors: [RestoreIssue] = []
+        var warnings: [RestoreIssue] = []
+        /// Files whose content could not be written completely (or did not verify).
+        var failed: Set<Int> = []
+        /// Blob uses still to be written, per file.
+        var remaining: [Int: Int] = [:]
+        var progress = RestoreProgress()
+    }
+
+    let plan: RestorePlan
+    let entries: [RestorePlan.Entry]
+    let options: RestoreOptions
+    let repository: Repository
+    let dirs: RestoreDirectories
+    let progressCallback: (@Sendable (RestoreProgress) -> Void)?
+    let shared = Locked(Shared())
+    let isRoot = geteuid() == 0
+
+    var states: [State]
+    /// Inode of each hard-link primary file as created or kept, to recognise existing links.
+    var inodes: [Int: UInt64] = [:]
+
+    init(plan: RestorePlan, repository: Repository, rootFD: Int32, progress: (@Sendable (RestoreProgress) -> Void)?) {
+        self.plan = plan
+        entries = plan.entries
+        options = plan.options
+        self.repository = repository
+        dirs = RestoreDirectories(rootFD: rootFD, entries: plan.entries)
+        progressCallback = progress
+        states = Array(repeating: .pending, count: plan.entries.count)
+        shared.withLock { s in
+            s.errors = plan.errors
+            s.warnings = plan.warnings
+            s.progress.filesTotal = plan.fileCount
+            s.progress.bytesTotal = plan.totalBytes
+            s.progress.errors = plan.errors.count
+        }
+    }
+
+    func run() async throws {
+        try createEntries()
+        try await writeContents()
+        if options.verify {
+            let files = entries.indices.filter { entries[$0].action == .file && states[$0] == .created }
+            let failed = shared.withLock { $0.failed }
+            let issues = try await Restorer.verifyFiles(files.filter { !failed.contains($0) }, entries: entries, dirs: dirs,
+                                                        index: repository.index, concurrency: options.packConcurrency)
+            for (i, issue) in issues { fail(i, issue.message) }
+        }
+        try applyMetadata()
+    }
+
+    // MARK: Reporting
+
+    func addError(_ path: [UInt8], _ message: String) {
+        shared.withLock {
+            $0.errors.append(RestoreIssue(path: path, message: message))
+            $0.progress.errors += 1
+        }
+    }
+
+    func addWarning(_ path: [UInt8], _ message: String) {
+        shared.withLock { $0.warnings.append(RestoreIssue(path: path, message: message)) }
+    }
+
+    /// Marks a file as failed, reporting the first reason only.
+    func fail(_ entry: Int, _ message: String) {
+        let path = entries[entry].path
+        shared.withLock {
+            if $0.failed.insert(entry).inserted {
+                $0.errors.append(RestoreIssue(path: path, message: message))
+                $0.progress.errors += 1
+            }
+        }
+    }
+
+    func isFailed(_ entry: Int) -> Bool { shared.withLock { $0.failed.contains(entry) } }
+
+    func report() {
+        guard let progressCallback else { return }
+        progressCallback(shared.withLock { $0.progress })
+    }
+
+    static func checkCancelled() throws {
+        if Task.isCancelled { throw HavenError(.cancelled, "restore cancelled") }
+    }
+
+    static func isFatal(_ e: HavenError) -> Bool { e.code == .noSpace || e.code == .cancelled }
+
+    func result() -> RestoreResult {
+        var r = RestoreResult()
+        let s = shared.withLock { $0 }
+        for (i, e) in entries.enumerated() {
+            switch states[i] {
+            case .created:
+                switch e.action {
+                case .directory: r.directoriesRestored += 1
+                case .file:
+                    if !s.failed.contains(i) {
+                        r.filesRestored += 1
+                        r.bytesWritten += e.size
+                    }
+                case .hardLink: r.hardLinksRestored += 1
+                case .symlink: r.symlinksRestored += 1
+                case .fifo, .device: r.specialFilesRestored += 1
+                }
+            case .kept:
+                if e.action == .directory { r.directoriesRestored += 1 } else { r.entriesSkipped += 1 }
+            case .skipped:
+                r.entriesSkipped += 1
+            case .pending, .blocked, .failed:
+                break
+            }
+        }
+        r.errors = s.errors
+        r.warnings = s.warnings
+        return r
+    }
+
+    // MARK: Phase 1: create entries
+
+    enum Slot { case create, keep, skip }
+
+    func createEntries() throws {
+        for i in entries.indices {
+            try Self.checkCancelled()
+            let e = entries[i]
+            if let p = e.parent, states[p] != .created && states[p] != .kept {
+                states[i] = .blocked
+                continue
+            }
+            do {
+                states[i] = try createEntry(i)
+            } catch let err as HavenError {
+                if Self.isFatal(err) { throw err }
+                addError(e.path, err.message)
+                states[i] = .failed
+            }
+        }
+        // Files that get no content writes are finished now.
+        shared.withLock { s in
+            for (i, e) in entries.enumerated() where e.action == .file {
+                if states[i] != .created || e.size == 0 || e.node.content.isEmpty {
+                    s.progress.filesDone += 1
+                    s.progress.bytesDone += e.size
+                }
+            }
+        }
+        report()
+    }
+
+    func createEntry(_ i: Int) throws -> State {
+        let e = entries[i]
+        switch e.action {
+        case .hardLink(let primary):
+            switch states[primary] {
+            case .created, .kept: break
+            case .skipped: return .skipped
+            default:
+                throw HavenError(.io, "hard link target \(RestorePath.display(entries[primary].path)) was not restored; link not created")
+            }
+            return try dirs.with(e.parent, entries[primary].parent) { pfd, primaryParent in
+                switch try prepare(i, pfd) {
+                case .keep: return .kept
+                case .skip: return .skipped
+                case .create: break
+                }
+                let rc = RestoreFS.withCString(entries[primary].name) { from in
+                    RestoreFS.withCString(e.name) { to in linkat(primaryParent, from, pfd, to, 0) }
+                }
+                guard rc == 0 else { throw RestoreFS.failure("create the hard link to \(RestorePath.display(entries[primary].path))", e.path) }
+                return .created
+            }
+        case .device where !isRoot:
+            addWarning(e.path, "device node not restored: creating device nodes needs root")
+            return .skipped
+        default:
+            return try dirs.with(e.parent) { pfd in try create(i, pfd) }
+        }
+    }
+
+    private func create(_ i: Int, _ pfd: Int32) throws -> State {
+        let e = entries[i]
+        switch try prepare(i, pfd) {
+        case .keep: return .kept
+        case .skip: return .skipped
+        case .create: break
+        }
+        switch e.action {
+        case .directory:
+            let rc = RestoreFS.withCString(e.name) { mkdirat(pfd, $0, 0o700) }
+            guard rc == 0 else { throw RestoreFS.failure("create the directory", e.path) }
+        case .file:
+            let fd = RestoreFS.withCString(e.name) { openat(pfd, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
+            guard fd >= 0 else { throw RestoreFS.failure("create the file", e.path) }
+            defer { close(fd) }
+            if e.size > 0 && ftruncate(fd, off_t(e.size)) != 0 {
+                throw RestoreFS.failure("set the file's size to \(e.size) bytes", e.path)
+            }
+            var st = stat()
+            if fstat(fd, &st) == 0 { inodes[i] = UInt64(st.st_ino) }
+        case .symlink:
+            let rc = RestoreFS.withCString(e.node.linkTarget) { target in
+                RestoreFS.withCString(e.name) { symlinkat(target, pfd, $0) }
+            }
+            guard rc == 0 else { throw RestoreFS.failure("create the symlink", e.path) }
+        case .fifo:
+            let rc = RestoreFS.withCString(e.name) { mknodat(pfd, $0, S_IFIFO | 0o600, 0) }
+            guard rc == 0 else { throw RestoreFS.failure("create the FIFO", e.path) }
+        case .device:
+            let kind = e.node.type == .chardev ? S_IFCHR : S_IFBLK
+            let rc = RestoreFS.withCString(e.name) { mknodat(pfd, $0, kind | 0o600, dev_t(e.node.device)) }
+            guard rc == 0 else {
+                let err = errno
+                if err == EPERM {
+                    addWarning(e.path, "device node not restored: the system refused to create it (\(Errno(err)))")
+                    return .skipped
+                }
+                throw RestoreFS.failure("create the device node", e.path, err)
+            }
+        case .hardLink:
+            preconditionFailure("hard links are created by createEntry")
+        }
+        return .created
+    }
+
+    /// Looks at what exists at the entry's name and applies the overwrite policy: removes a replaceable
+    /// entry, or says to keep or skip it.
+    private func prepare(_ i: Int, _ pfd: Int32) throws -> Slot {
+        let e = entries[i]
+        guard let st = RestoreFS.lstat(pfd, e.name) else {
+            let err = errno
+            if err == ENOENT { return .create }
+            throw RestoreFS.failure("inspect the existing entry", e.path, err)
+        }
+        let type = RestoreFS.fileType(st)
+        if e.action == .directory {
+            if type == UInt32(S_IFDIR) { return .keep }
+            if options.overwrite == .never {
+                addWarning(e.path, "directory not restored: something else exists with this name and the overwrite policy is \"never\"")
+                return .skip
+            }
+            try remove(e, pfd)
+            return .create
+        }
+        if type == UInt32(S_IFDIR) {
+            throw HavenError(.io, "a directory exists with this name; it is not replaced, so the entry was not restored")
+        }
+        switch options.overwrite {
+        case .never:
+            return .skip
+        case .always:
+            break
+        case .ifNewer:
+            if !(e.node.mtime > RestoreFS.modificationTime(st)) {
+                return .skip
+            }
+        case .ifChanged:
+            if unchanged(i, pfd, st) {
+                if e.action == .file { inodes[i] = UInt64(st.st_ino) }
+                return .keep
+            }
+        }
+        try remove(e, pfd)
+        return .create
+    }
+
+    private func remove(_ e: RestorePlan.Entry, _ pfd: Int32) throws {
+        let rc = RestoreFS.withCString(e.name) { unlinkat(pfd, $0, 0) }
+        guard rc == 0 else { throw RestoreFS.failure("remove the existing entry", e.path) }
+    }
+
+    /// Whether the existing entry already equals the one in the snapshot (for `ifChanged`).
+    private func unchanged(_ i: Int, _ pfd: Int32, _ st: stat) -> Bool {
+        let e = entries[i]
+        let type = RestoreFS.fileType(st)
+        switch e.action {
+        case .file:
+            guard type == UInt32(S_IFREG), UInt64(st.st_size) == e.size else { return false }
+            let fd = RestoreFS.withCString(e.name) { openat(pfd, $0, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) }
+            guard fd >= 0 else { return false }
+            defer { close(fd) }
+            return Self.compare(fd, e, index: repository.index) == nil
+        case .hardLink(let primary):
+            return type == UInt32(S_IFREG) && inodes[primary] == UInt64(st.st_ino)
+        case .symlink:
+            return type == UInt32(S_IFLNK) && RestoreFS.readLink(pfd, e.name) == e.node.linkTarget
+        case .fifo:
+            return type == UInt32(S_IFIFO)
+        case .device:
+            let want = UInt32(e.node.type == .chardev ? S_IFCHR : S_IFBLK)
+            return type == want && UInt64(st.st_rdev) == e.node.device
+        case .directory:
+            return type == UInt32(S_IFDIR)
+        }
+    }
+
+    // MARK: Phase 2: file contents
+
+    func writeContents() async throws {
+        var uses: [ID: [BlobUse]] = [:]
+        var remaining: [Int: Int] = [:]
+        var locations: [ID: BlobLocation] = [:]
+        for (i, e) in entries.enumerated() where e.action == .file && states[i] == .created && e.size > 0 && !e.node.content.isEmpty {
+            var fileUses: [(ID, BlobUse)] = []
+            var offset: UInt64 = 0
+            var missing: ID?
+            for id in e.node.content {
+                let loc: BlobLocation
+                if let known = locations[id] {
+                    loc = known
+                } else if let found = repository.index.lookup(id, .data) {
+                    loc = found
+                    locations[id] = found
+                } else {
+                    missing = id
+                    break
+                }
+                fileUses.append((id, BlobUse(entry: i, offset: offset)))
+                offset += UInt64(loc.blob.dataLength)
+            }
+            if let missing {
+                fail(i, "content blob \(missing.short) is not in the repository index")
+                shared.withLock { $0.progress.filesDone += 1; $0.progress.bytesDone += e.size }
+                continue
+            }
+            for (id, use) in fileUses { uses[id, default: []].append(use) }
+            remaining[i] = fileUses.count
+        }
+        var byPack: [ID: [PackBlob]] = [:]
+        for (id, u) in uses {
+            let loc = locations[id]!
+            byPack[loc.pack, default: []].append(PackBlob(blob: loc.blob, uses: u))
+        }
+        shared.withLock { $0.remaining = remaining }
+        let jobs = byPack.map { PackJob(pack: $0.key, blobs: $0.value.sorted { $0.blob.offset < $1.blob.offset }) }
+            .sorted { $0.pack < $1.pack }
+        try await forEachConcurrently(jobs, limit: max(1, options.packConcurrency)) { job in
+            try await self.restorePack(job)
+        }
+    }
+
+    /// Splits a pack's needed blobs (sorted by offset) into read ranges.
+    func ranges(_ blobs: [PackBlob]) -> [[PackBlob]] {
+        var out: [[PackBlob]] = []
+        var current: [PackBlob] = []
+        var start = 0, end = 0
+        for b in blobs {
+            let s = Int(b.blob.offset), t = s + Int(b.blob.length)
+            if !current.isEmpty && (s - end > options.maxReadGap || t - start > options.maxReadSize) {
+                out.append(current)
+                current = []
+            }
+            if current.isEmpty {
+                start = s
+                end = t
+            } else {
+                end = max(end, t)
+            }
+            current.append(b)
+        }
+        if !current.isEmpty { out.append(current) }
+        return out
+    }
+
+    func restorePack(_ job: PackJob) async throws {
+        var files = OpenFiles()
+        defer { files.closeAll() }
+        for range in ranges(job.blobs) {
+            try Self.checkCancelled()
+            let start = Int(range[0].blob.offset)
+            let end = range.map { Int($0.blob.offset) + Int($0.blob.length) }.max()!
+            let bytes: [UInt8]
+            do {
+                bytes = try await repository.storage.load(Handle(.pack, job.pack), offset: start, length: end - start)
+                guard bytes.count == end - start else {
+                    throw HavenError(.corrupt, "pack \(job.pack.short) is shorter than the index says")
+                }
+            } catch let e as HavenError where e.code == .cancelled {
+                throw e
+            } catch {
+                let message = (error as? HavenError)?.description ?? "\(error)"
+                for b in range { failUses(b, "cannot read pack \(job.pack.short): \(message)") }
+                continue
+            }
+            for b in range {
+                try Self.checkCancelled()
+                let plain: [UInt8]
+                do {
+                    let from = Int(b.blob.offset) - start
+                    plain = try bytes.withUnsafeBytes { raw in
+                        try repository.decryptBlob(UnsafeRawBufferPointer(rebasing: raw[from..<(from + Int(b.blob.length))]), b.blob, pack: job.pack)
+                    }
+                } catch {
+                    failUses(b, (error as? HavenError)?.description ?? "\(error)")
+                    continue
+                }
+                let zero = plain.withUnsafeBytes { RestoreFS.isAllZero($0) }
+                for use in b.uses {
+                    if !zero && !isFailed(use.entry) {
+                        do {
+                            try write(plain, use, &files)
+                        } catch let err as HavenError {
+                            if Self.isFatal(err) { throw err }
+                            fail(use.entry, err.message)
+                            files.close(use.entry)
+                        }
+                    }
+                    finish(use.entry, bytes: UInt64(plain.count))
+                }
+            }
+        }
+    }
+
+    private func write(_ plain: [UInt8], _ use: BlobUse, _ files: inout OpenFiles) throws {
+        let e = entries[use.entry]
+        let fd = try files.descriptor(for: use.entry, in: self)
+        if let err = plain.withUnsafeBytes({ RestoreFS.pwriteFully(fd, $0, offset: use.offset) }) {
+            throw RestoreFS.failure("write the file", e.path, err)
+        }
+    }
+
+    private func failUses(_ b: PackBlob, _ message: String) {
+        for use in b.uses {
+            fail(use.entry, message)
+            finish(use.entry, bytes: UInt64(b.blob.dataLength))
+        }
+    }
+
+    private func finish(_ entry: Int, bytes: UInt64) {
+        shared.withLock { s in
+            s.progress.bytesDone += bytes
+            if let left = s.remaining[entry] {
+                s.remaining[entry] = left - 1
+                if left == 1 { s.progress.filesDone += 1 }
+            }
+        }
+        report()
+    }
+
+    /// A few files open for writing, per pack task; the least recently opened is closed first.
+    struct OpenFiles {
+        var fds: [Int: Int32] = [:]
+        var order: [Int] = []
+        let capacity = 16
+
+        mutating func descriptor(for entry: Int, in run: RestoreRun) throws -> Int32 {
+            if let fd = fds[entry] { return fd }
+            if fds.count >= capacity, let oldest = order.first { close(oldest) }
+            let e = run.entries[entry]
+            let (fd, err) = try run.dirs.with(e.parent) { pfd in
+                let fd = RestoreFS.withCString(e.name) { openat(pfd, $0, O_WRONLY | O_NOFOLLOW | O_CLOEXEC) }
+                return (fd, errno)
+            }
+            guard fd >= 0 else { throw RestoreFS.failure("open the file for writing", e.path, err) }
+            var st = stat()
+            guard fstat(fd, &st) == 0, RestoreFS.fileType(st) == UInt32(S_IFREG) else {
+                Glibc.close(fd)
+                throw HavenError(.io, "the restored file was replaced by something else during the restore")
+            }
+            fds[entry] = fd
+            order.append(entry)
+            return fd
+        }
+
+        mutating func close(_ entry: Int) {
+            guard let fd = fds.removeValue(forKey: entry) else { return }
+            order.removeAll { $0 == entry }
+            Glibc.close(fd)
+        }
+
+        mutating func closeAll() {
+            for fd in fds.values { Glibc.close(fd) }
+            fds = [:]
+            order = []
+        }
+    }
+
+    /// Compares an open file with the entry's blobs; nil when equal, else what differs.
+    static func compare(_ fd: Int32, _ e: RestorePlan.Entry, index: MasterIndex) -> String? {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return "cannot inspect the file: \(Errno(errno))" }
+        guard RestoreFS.fileType(st) == UInt32(S_IFREG) else { return "it is not a regular file" }
+        guard UInt64(st.st_size) == e.size else { return "its size is \(st.st_size) bytes, the snapshot has \(e.size)" }
+        var buffer: [UInt8] = []
+        var offset: UInt64 = 0
+        for (n, id) in e.node.content.enumerated() {
+            guard let loc = index.lookup(id, .data) else { return "content blob \(id.short) is not in the repository index" }
+            let length = Int(loc.blob.dataLength)
+            if buffer.count < length { buffer = [UInt8](repeating: 0, count: length) }
+            let got = buffer.withUnsafeMutableBytes { RestoreFS.preadFully(fd, UnsafeMutableRawBufferPointer(rebasing: $0[0..<length]), offset: offset) }
+            guard let got else { return "cannot read the file: \(Errno(errno))" }
+            guard got == length else { return "the file is shorter than the snapshot says" }
+            let actual = buffer.withUnsafeBytes { ID.hash(UnsafeRawBufferPointer(rebasing: $0[0..<length])) }
+            guard actual == id else {
+                return "content differs from the snapshot in bytes \(offset)..<\(offset + UInt64(length)) (chunk \(n + 1) of \(e.node.content.count))"
+            }
+            offset += UInt64(length)
+        }
+        return nil
+    }
+
+    // MARK: Phase 3: metadata
+
+    func applyMetadata() throws {
+        let failed = shared.withLock { $0.failed }
+        var order: [Int] = []
+        for (i, e) in entries.enumerated() {
+            switch e.action {
+            case .directory, .hardLink: continue
+            default: order.append(i)
+            }
+        }
+        // Directories last, children before parents, so nothing touches a directory after its times are set.
+        order += entries.indices.reversed().filter { entries[$0].action == .directory }
+        for i in order {
+            guard states[i] == .created || states[i] == .kept, !failed.contains(i) else { continue }
+            try Self.checkCancelled()
+            let e = entries[i]
+            do {
+                try dirs.with(e.parent) { pfd in try setMetadata(e, pfd) }
+            } catch let err as HavenError {
+                if Self.isFatal(err) { throw err }
+                addError(e.path, err.message)
+            }
+        }
+    }
+
+    private func setMetadata(_ e: RestorePlan.Entry, _ pfd: Int32) throws {
+        guard let st = RestoreFS.lstat(pfd, e.name) else {
+            throw RestoreFS.failure("inspect the restored entry to set its metadata", e.path)
+        }
+        let type = RestoreFS.fileType(st)
+        let isLink = type == UInt32(S_IFLNK)
+        guard isLink == (e.action == .symlink), (type == UInt32(S_IFDIR)) == (e.action == .directory) else {
+            throw HavenError(.io, "the entry was replaced during the restore; its metadata was not restored")
+        }
+        var problems: [String] = []
+        let node = e.node
+        if options.restoreOwnership {
+            let rc = RestoreFS.withCString(e.name) { fchownat(pfd, $0, uid_t(node.uid), gid_t(node.gid), AT_SYMLINK_NOFOLLOW) }
+            if rc != 0 { problems.append("cannot set owner \(node.uid):\(node.gid): \(Errno(errno))") }
+        }
+        // After chown (which drops capabilities) and before chmod (which may make the file read-only).
+        for a in node.extendedAttributes {
+            if let err = RestoreFS.setExtendedAttribute(pfd, e.name, attribute: a.name, value: a.value) {
+                addWarning(e.path, "cannot set extended attribute \(a.name): \(Errno(err))")
+            }
+        }
+        if !isLink {
+            // Not a symlink (checked above), so fchmodat does not follow anything.
+            let rc = RestoreFS.withCString(e.name) { fchmodat(pfd, $0, mode_t(node.unixPermissions), 0) }
+            if rc != 0 { problems.append("cannot set mode \(String(node.unixPermissions, radix: 8)): \(Errno(errno))") }
+        }
+        var times = [RestoreFS.timeSpec(node.atime), RestoreFS.timeSpec(node.mtime)]
+        let rc = RestoreFS.withCString(e.name) { utimensat(pfd, $0, &times, AT_SYMLINK_NOFOLLOW) }
+        if rc != 0 { problems.append("cannot set times: \(Errno(errno))") }
+        if !problems.isEmpty { throw HavenError(.io, problems.joined(separator: "; ")) }
+    }
+}

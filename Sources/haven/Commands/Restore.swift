@@ -1,0 +1,8 @@
+import ArgumentParser
+import HavenCore
+
+struct Restore: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Not implemented yet.")
+    @OptionGroup var global: GlobalOptions
+    func run() async throws { throw HavenError(.unsupported, "not implemented yet") }
+}

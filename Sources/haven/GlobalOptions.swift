@@ -1,0 +1,168 @@
+import ArgumentParser
+import Foundation
+import HavenCore
+
+/// Options every command accepts, in restic's spelling.
+struct GlobalOptions: ParsableArguments {
+    @Option(name: [.customShort("r"), .customLong("repo")], help: ArgumentHelp("Repository location.", valueName: "REPO"))
+    var repo: [String] = []
+
+    @Option(help: ArgumentHelp("File to read the repository password from.", valueName: "FILE"))
+    var passwordFile: String?
+
+    @Option(help: ArgumentHelp("Shell command whose output is the repository password.", valueName: "CMD"))
+    var passwordCommand: String?
+
+    @Flag(help: "Print results as JSON.")
+    var json = false
+
+    @Flag(name: [.short, .long], help: "Print only errors and requested results.")
+    var quiet = false
+
+    @Flag(name: [.short, .long], help: "Print more detail (repeat for more).")
+    var verbose: Int
+
+    @Flag(help: "Do not lock the repository (read-only commands only).")
+    var noLock = false
+
+    @Option(help: ArgumentHelp("Cache directory (accepted for restic compatibility).", valueName: "DIR"))
+    var cacheDir: String?
+
+    static let valueOptions: Set<String> = ["-r", "--repo", "--password-file", "--password-command", "--cache-dir"]
+    static let flagOptions: Set<String> = ["--json", "-q", "--quiet", "-v", "--verbose", "--no-lock"]
+
+    /// Moves global options written before the command name to the end (before any `--`), so that
+    /// `haven -r REPO snapshots` parses like `haven snapshots -r REPO`.
+    static func reorder(_ args: [String]) -> [String] {
+        var globals: [String] = []
+        var i = 0
+        while i < args.count {
+            let a = args[i]
+            if valueOptions.contains(a), i + 1 < args.count {
+                globals += [a, args[i + 1]]
+                i += 2
+            } else if let eq = a.firstIndex(of: "="), valueOptions.contains(String(a[..<eq])) {
+                globals.append(a)
+                i += 1
+            } else if flagOptions.contains(a) || a.range(of: "^-v+$", options: .regularExpression) != nil {
+                globals.append(a)
+                i += 1
+            } else {
+                break
+            }
+        }
+        guard !globals.isEmpty else { return args }
+        var rest = Array(args[i...])
+        // A nested command (`key list`) must come before the options.
+        var insertAt = rest.firstIndex(of: "--") ?? rest.count
+        if rest.isEmpty { return args }
+        if rest.first == "key", rest.count >= 2, !rest[1].hasPrefix("-") { insertAt = min(insertAt, 2) } else { insertAt = min(insertAt, 1) }
+        rest.insert(contentsOf: globals, at: insertAt)
+        return rest
+    }
+
+    var environment: [String: String] { ProcessInfo.processInfo.environment }
+
+    /// The repository location from the flag or the environment.
+    func repositoryLocation() throws -> String {
+        if let r = repo.first { return r }
+        if let r = environment["HAVEN_REPOSITORY"] ?? environment["RESTIC_REPOSITORY"], !r.isEmpty { return r }
+        throw HavenError(.usage, "no repository given: use -r/--repo or set HAVEN_REPOSITORY")
+    }
+
+    static func storage(for location: String) throws -> any Storage {
+        if location.hasPrefix("s3:") || location.hasPrefix("sftp:") || location.hasPrefix("rest:")
+            || location.hasPrefix("b2:") || location.hasPrefix("azure:") || location.hasPrefix("gs:") || location.hasPrefix("rclone:") {
+            let scheme = location.prefix { $0 != ":" }
+            throw HavenError(.unsupported, "\(scheme) repositories are not supported yet; this version of Haven supports local repositories only")
+        }
+        var path = location
+        if path.hasPrefix("local:") { path.removeFirst(6) }
+        guard !path.isEmpty else { throw HavenError(.usage, "empty repository path") }
+        if path.hasPrefix("~/"), let home = ProcessInfo.processInfo.environment["HOME"] { path = home + path.dropFirst(1) }
+        return LocalStorage(path: path)
+    }
+
+    func storage() throws -> any Storage { try Self.storage(for: try repositoryLocation()) }
+
+    /// The password from (in order) --password-command, --password-file, the environment, or a prompt.
+    func password(prompt: String = "enter password for repository: ", confirm: Bool = false) throws -> String {
+        if let cmd = passwordCommand { return try Self.runPasswordCommand(cmd) }
+        let file = passwordFile ?? environment["HAVEN_PASSWORD_FILE"] ?? environment["RESTIC_PASSWORD_FILE"]
+        if let file { return try Self.readPasswordFile(file) }
+        if let pw = environment["HAVEN_PASSWORD"] ?? environment["RESTIC_PASSWORD"] { return pw }
+        guard isatty(0) == 1 || FileManager.default.isReadableFile(atPath: "/dev/tty") && isatty(2) == 1 else {
+            throw HavenError(.usage, "no password given: use --password-file, HAVEN_PASSWORD_FILE or HAVEN_PASSWORD (no terminal to ask on)")
+        }
+        let pw = try Terminal.readPassword(prompt)
+        if confirm {
+            let again = try Terminal.readPassword("enter password again: ")
+            guard again == pw else { throw HavenError(.usage, "passwords do not match") }
+        }
+        guard !pw.isEmpty else { throw HavenError(.usage, "an empty password is not allowed") }
+        return pw
+    }
+
+    static func readPasswordFile(_ path: String) throws -> String {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw HavenError(.usage, "cannot read password file \(path): it does not exist or is not readable")
+        }
+        var s = String(decoding: data, as: UTF8.self)
+        // Like restic: the first line, without the newline.
+        if let nl = s.firstIndex(where: { $0 == "\n" || $0 == "\r\n" }) { s = String(s[..<nl]) }
+        if s.hasSuffix("\r") { s.removeLast() }
+        guard !s.isEmpty else { throw HavenError(.usage, "password file \(path) is empty") }
+        return s
+    }
+
+    static func runPasswordCommand(_ cmd: String) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", cmd]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw HavenError(.usage, "password command failed with exit code \(p.terminationStatus)") }
+        var s = String(decoding: data, as: UTF8.self)
+        while s.hasSuffix("\n") || s.hasSuffix("\r") { s.removeLast() }
+        guard !s.isEmpty else { throw HavenError(.usage, "password command printed nothing") }
+        return s
+    }
+
+    /// Opens the repository; loads the index unless `index` is false.
+    func openRepository(index: Bool = true) async throws -> Repository {
+        let storage = try storage()
+        let repo = try await Repository.open(storage: storage, password: try password())
+        if index { try await repo.loadIndex() }
+        return repo
+    }
+
+    var output: Output { Output(json: json, quiet: quiet, verbose: verbose) }
+}
+
+enum Terminal {
+    /// Reads a line from /dev/tty with echo turned off.
+    static func readPassword(_ prompt: String) throws -> String {
+        let fd = open("/dev/tty", O_RDWR)
+        guard fd >= 0 else { throw HavenError(.usage, "no terminal to ask for the password; use --password-file") }
+        defer { close(fd) }
+        _ = prompt.withCString { write(fd, $0, strlen($0)) }
+        var old = termios()
+        tcgetattr(fd, &old)
+        var noEcho = old
+        noEcho.c_lflag &= ~tcflag_t(ECHO)
+        tcsetattr(fd, TCSAFLUSH, &noEcho)
+        defer {
+            tcsetattr(fd, TCSAFLUSH, &old)
+            _ = "\n".withCString { write(fd, $0, 1) }
+        }
+        var bytes: [UInt8] = []
+        var c: UInt8 = 0
+        while read(fd, &c, 1) == 1 && c != 10 && c != 13 { bytes.append(c) }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    static var stdoutIsTerminal: Bool { isatty(1) == 1 }
+}

@@ -1,0 +1,81 @@
+import ArgumentParser
+import HavenCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@main
+struct Main {
+    static func main() async {
+        // restic accepts global flags before the command name; ArgumentParser wants them after it.
+        let args = GlobalOptions.reorder(Array(CommandLine.arguments.dropFirst()))
+        do {
+            var command = try Haven.parseAsRoot(args)
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let error as HavenError {
+            Output.error(error)
+            exit(error.code.exitCode)
+        } catch let exit as ExitStatus {
+            Glibc.exit(exit.code)
+        } catch {
+            let code = Haven.exitCode(for: error)
+            if code == .success {
+                print(Haven.fullMessage(for: error))
+                exit(0)
+            }
+            let message = Haven.fullMessage(for: error)
+            FileHandleOutput.stderr(message.hasPrefix("Error:") ? "haven: " + message.dropFirst(7) : message)
+            if code == .validationFailure {
+                FileHandleOutput.stderr("Run 'haven --help' or 'haven COMMAND --help' for usage.")
+            }
+            // restic's convention: any failure that is not one of the specific codes is 1.
+            exit(1)
+        }
+    }
+}
+
+/// Ends a command with a specific exit code after it printed its own result (e.g. 3 for a partial backup).
+struct ExitStatus: Error {
+    var code: Int32
+}
+
+struct Haven: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "haven",
+        abstract: "Supervised backups into restic-compatible repositories.",
+        discussion: """
+        Haven reads and writes restic repositories (format versions 1 and 2): restic and rustic can read \
+        what Haven writes, and Haven can read theirs.
+
+        GLOBAL OPTIONS (accepted before or after the command):
+          -r, --repo REPO          repository location (or HAVEN_REPOSITORY, RESTIC_REPOSITORY)
+          --password-file FILE     read the password from FILE (or HAVEN_PASSWORD_FILE, RESTIC_PASSWORD_FILE)
+          --password-command CMD   run CMD and read the password from its output
+                                   (the password can also come from HAVEN_PASSWORD or RESTIC_PASSWORD,
+                                   or from a prompt on a terminal)
+          --json                   print results as JSON (progress as JSON lines)
+          -q, --quiet              print nothing but errors and requested results
+          -v, --verbose            print more detail
+          --no-lock                do not lock the repository (read-only commands only)
+          --cache-dir DIR          accepted for restic compatibility (Haven keeps no cache yet)
+
+        EXIT CODES:
+          0   success
+          1   fatal error (bad arguments, damaged repository, I/O error, …)
+          3   backup finished, but some source files could not be read
+          10  the repository does not exist
+          11  the repository could not be locked
+          12  wrong password
+          130 interrupted
+        """,
+        version: HavenVersion.string,
+        subcommands: [
+            Init.self, Backup.self, Snapshots.self, Ls.self, Find.self, Diff.self, Cat.self, Stats.self,
+            Restore.self, Check.self, Forget.self, Prune.self, Unlock.self, KeyCommand.self, Version.self,
+        ]
+    )
+}

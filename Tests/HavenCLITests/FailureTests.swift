@@ -1,0 +1,193 @@
+import Foundation
+import HavenTestSupport
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Bad input and crashes: each gets a clear message, the documented exit code, and loses nothing.
+@Suite("Failures", .serialized)
+struct FailureTests {
+    func repoWithBackup(_ tmp: TempDir, _ cli: CLI) throws -> (repo: String, src: String) {
+        let src = tmp.sub("src")
+        try Fixture.standardTree(at: src, seed: 11, nonUTF8Names: false)
+        let repo = tmp.sub("repo")
+        try cli.ok(["init", "-r", repo])
+        try cli.ok(["-r", repo, "backup", src, "--pack-size", "4"])
+        return (repo, src)
+    }
+
+    @Test("wrong password: exit 12 and a clear message")
+    func wrongPassword() throws {
+        let cli = try CLI()
+        let tmp = TempDir("wrongpw")
+        let (repo, _) = try repoWithBackup(tmp, cli)
+        let r = try cli.run(["-r", repo, "snapshots"], env: ["HAVEN_PASSWORD": "nope"])
+        #expect(r.status == 12)
+        #expect(r.stderr.contains("wrong password"))
+    }
+
+    @Test("missing repository: exit 10; not a repository: exit 10")
+    func missingRepository() throws {
+        let cli = try CLI()
+        let tmp = TempDir("missing")
+        let r = try cli.run(["-r", tmp.sub("nothing-here"), "snapshots"])
+        #expect(r.status == 10)
+        #expect(r.stderr.contains("no repository"))
+        try Fixture.mkdir(tmp.sub("emptydir"))
+        let r2 = try cli.run(["-r", tmp.sub("emptydir"), "snapshots"])
+        #expect(r2.status == 10)
+    }
+
+    @Test("bad flags: exit 1 with a message naming the problem", arguments: [
+        (["backup", "--pack-size", "1000", "/tmp"], "pack-size"),
+        (["backup", "--compression", "fast", "/tmp"], "compression"),
+        (["init", "--repository-version", "7"], "repository-version"),
+        (["backup", "--no-such-flag"], "no-such-flag"),
+        (["snapshots"], "repo"),
+        (["forget"], "keep"),
+    ])
+    func badFlags(args: [String], mentions: String) throws {
+        let cli = try CLI()
+        let tmp = TempDir("flags")
+        var full = args
+        if mentions != "repo" && args.first != "init" { full = ["-r", tmp.sub("repo")] + args }
+        if args.first == "init" { full = ["-r", tmp.sub("repo")] + args }
+        if args.first == "forget" {
+            try cli.ok(["init", "-r", tmp.sub("repo")])
+        }
+        let r = try cli.run(full, env: mentions == "repo" ? ["HAVEN_REPOSITORY": ""] : [:])
+        #expect(r.status == 1, "\(full): \(r)")
+        #expect(r.stderr.lowercased().contains(mentions), "\(full): \(r)")
+    }
+
+    @Test("a flipped byte in a pack is found by check --read-data; other files still restore")
+    func flippedByte() throws {
+        let cli = try CLI()
+        let tmp = TempDir("flip")
+        let (repo, src) = try repoWithBackup(tmp, cli)
+        try cli.ok(["-r", repo, "check", "--read-data"])
+        // Damage the largest pack in the middle of its blob area.
+        let packs = try packFiles(repo)
+        let victim = try #require(packs.max { $0.1 < $1.1 })
+        try flipByte(victim.0, at: victim.1 / 3)
+        let check = try cli.run(["-r", repo, "check", "--read-data"])
+        #expect(check.status == 1)
+        let victimID = URL(fileURLWithPath: victim.0).lastPathComponent
+        #expect((check.stdout + check.stderr).contains(String(victimID.prefix(8))), "check output should name the pack: \(check)")
+        // Structure check does not read data: it passes.
+        try cli.ok(["-r", repo, "check"])
+        let target = tmp.sub("restored")
+        let restore = try cli.run(["-r", repo, "restore", "latest", "--target", target])
+        #expect(restore.status == 1)
+        let diffs = try TreeSnapshot(root: src).differences(from: TreeSnapshot(root: target + src))
+        // Only content of files whose blobs were in the damaged range differs.
+        #expect(diffs.allSatisfy { $0.hasPrefix("content differs") || $0.hasPrefix("missing") || $0.hasPrefix("mtime differs") }, "\(diffs)")
+        #expect(FileManager.default.contents(atPath: target + src + "/docs/readme.txt") == Data("Haven test fixture\n".utf8))
+    }
+
+    @Test("a truncated pack is reported by check")
+    func truncatedPack() throws {
+        let cli = try CLI()
+        let tmp = TempDir("trunc")
+        let (repo, _) = try repoWithBackup(tmp, cli)
+        let victim = try #require(try packFiles(repo).max { $0.1 < $1.1 })
+        chmod(victim.0, 0o600)
+        #expect(truncate(victim.0, off_t(victim.1 / 2)) == 0)
+        let check = try cli.run(["-r", repo, "check"])
+        #expect(check.status == 1)
+        #expect((check.stdout + check.stderr).contains(String(URL(fileURLWithPath: victim.0).lastPathComponent.prefix(8))))
+        let full = try cli.run(["-r", repo, "check", "--read-data"])
+        #expect(full.status == 1)
+    }
+
+    @Test("a backup killed with SIGKILL leaves a repository that checks clean; the next backup reuses uploaded packs",
+          arguments: [0.3, 0.8, 1.5, 3.0])
+    func killedBackup(after delay: Double) throws {
+        let cli = try CLI()
+        let tmp = TempDir("kill")
+        let src = tmp.sub("src")
+        try Fixture.mkdir(src)
+        var rng = SeededRandom(seed: 21)
+        for i in 0..<12 { try Fixture.write(src + "/file\(i).bin", rng.bytes(5 << 20)) }
+        let repo = tmp.sub("repo")
+        try cli.ok(["init", "-r", repo])
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: cli.haven)
+        p.arguments = ["-r", repo, "backup", src, "--pack-size", "4", "--compression", "off"]
+        p.environment = ProcessInfo.processInfo.environment.merging(cli.env) { $1 }
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        usleep(useconds_t(delay * 1_000_000))
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        try cli.ok(["-r", repo, "check", "--read-data"])
+        try cli.resticOK(["-r", repo, "check", "--read-data"])
+        let packsBefore = try packFiles(repo).count
+        let r = try cli.ok(["-r", repo, "backup", src, "--pack-size", "4", "--compression", "off", "--json"])
+        let summary = try #require(CLI.lastJSON(r))
+        let added = (summary["data_added"] as? Int) ?? -1
+        if packsBefore > 0 {
+            #expect(added < 60 << 20, "the next backup should reuse the \(packsBefore) packs already uploaded, but added \(added) bytes")
+        }
+        try cli.resticOK(["-r", repo, "check", "--read-data"])
+        let target = tmp.sub("restored")
+        try cli.ok(["-r", repo, "restore", "latest", "--target", target])
+        #expect(try TreeSnapshot(root: src).differences(from: TreeSnapshot(root: target + src)).isEmpty)
+    }
+
+    @Test("unreadable source files: a warning each, the backup goes on, exit code 3")
+    func unreadableFiles() throws {
+        guard getuid() != 0 else {
+            // root reads everything; simulate with a file that vanishes instead.
+            let cli = try CLI()
+            let tmp = TempDir("vanish")
+            let src = tmp.sub("src")
+            try Fixture.mkdir(src)
+            try Fixture.write(src + "/ok.txt", Array("fine".utf8))
+            symlink("x", src + "/loop")
+            let repo = tmp.sub("repo")
+            try cli.ok(["init", "-r", repo])
+            let r = try cli.run(["-r", repo, "backup", src, tmp.sub("does-not-exist")])
+            #expect(r.status == 3, "\(r)")
+            #expect(r.stderr.contains("does-not-exist"))
+            #expect(CLI.jsonArray(try cli.ok(["-r", repo, "snapshots", "--json"])).count == 1)
+            return
+        }
+        let cli = try CLI()
+        let tmp = TempDir("unreadable")
+        let src = tmp.sub("src")
+        try Fixture.mkdir(src)
+        try Fixture.write(src + "/ok.txt", Array("fine".utf8))
+        try Fixture.write(src + "/secret.txt", Array("no".utf8), mode: 0o000)
+        let repo = tmp.sub("repo")
+        try cli.ok(["init", "-r", repo])
+        let r = try cli.run(["-r", repo, "backup", src])
+        #expect(r.status == 3)
+        #expect(r.stderr.contains("secret.txt"))
+    }
+
+    func packFiles(_ repo: String) throws -> [(String, Int)] {
+        var out: [(String, Int)] = []
+        for sub in try FileManager.default.contentsOfDirectory(atPath: repo + "/data") {
+            for f in try FileManager.default.contentsOfDirectory(atPath: repo + "/data/" + sub) {
+                let p = repo + "/data/" + sub + "/" + f
+                let size = (try FileManager.default.attributesOfItem(atPath: p)[.size] as? Int) ?? 0
+                out.append((p, size))
+            }
+        }
+        return out
+    }
+
+    func flipByte(_ path: String, at offset: Int) throws {
+        chmod(path, 0o600)
+        let fd = open(path, O_RDWR)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        var b: UInt8 = 0
+        pread(fd, &b, 1, off_t(offset))
+        b ^= 0x55
+        pwrite(fd, &b, 1, off_t(offset))
+    }
+}

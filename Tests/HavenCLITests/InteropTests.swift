@@ -1,0 +1,114 @@
+import Foundation
+import HavenTestSupport
+import Testing
+
+/// restic 0.14 is the independent oracle for the repository format: it must check and restore what Haven
+/// writes, and Haven must restore what restic writes.
+@Suite("Interop with restic", .serialized)
+struct InteropTests {
+    @Test("Haven writes, restic checks and restores")
+    func havenWritesResticReads() throws {
+        let cli = try CLI()
+        let tmp = TempDir("interop1")
+        let src = tmp.sub("src")
+        try Fixture.standardTree(at: src)
+        let repo = tmp.sub("repo")
+        try cli.ok(["init", "-r", repo])
+        let backup = try cli.ok(["-r", repo, "backup", src, "--json", "--tag", "t1"])
+        let summary = try #require(CLI.lastJSON(backup))
+        #expect(summary["message_type"] as? String == "summary")
+        #expect((summary["snapshot_id"] as? String)?.count == 64)
+        try cli.resticOK(["-r", repo, "check", "--read-data"])
+        let snaps = try cli.resticOK(["-r", repo, "snapshots", "--json"])
+        let list = CLI.jsonArray(snaps)
+        #expect(list.count == 1)
+        #expect((list.first?["tags"] as? [String]) == ["t1"])
+        let target = tmp.sub("restored")
+        try cli.resticOK(["-r", repo, "restore", "latest", "--target", target])
+        let diffs = try TreeSnapshot(root: src).differences(from: TreeSnapshot(root: target + src))
+        #expect(diffs.isEmpty, "restic restore of Haven's snapshot differs: \(diffs)")
+    }
+
+    @Test("restic writes, Haven lists, restores and checks")
+    func resticWritesHavenReads() throws {
+        let cli = try CLI()
+        let tmp = TempDir("interop2")
+        let src = tmp.sub("src")
+        try Fixture.standardTree(at: src, seed: 2)
+        let repo = tmp.sub("repo")
+        try cli.resticOK(["init", "-r", repo, "--repository-version", "2"])
+        try cli.resticOK(["-r", repo, "backup", src, "--tag", "fromrestic"])
+        let snaps = CLI.jsonArray(try cli.ok(["-r", repo, "snapshots", "--json"]))
+        #expect(snaps.count == 1)
+        #expect((snaps.first?["tags"] as? [String]) == ["fromrestic"])
+        let ls = try cli.ok(["-r", repo, "ls", "latest"])
+        #expect(ls.stdout.contains(src + "/docs/readme.txt"))
+        let target = tmp.sub("restored")
+        try cli.ok(["-r", repo, "restore", "latest", "--target", target])
+        let diffs = try TreeSnapshot(root: src).differences(from: TreeSnapshot(root: target + src))
+        #expect(diffs.isEmpty, "Haven restore of restic's snapshot differs: \(diffs)")
+        try cli.ok(["-r", repo, "check", "--read-data"])
+    }
+
+    @Test("restic repository version 1 is readable")
+    func resticVersion1() throws {
+        let cli = try CLI()
+        let tmp = TempDir("interop-v1")
+        let src = tmp.sub("src")
+        try Fixture.standardTree(at: src, seed: 3, nonUTF8Names: false)
+        let repo = tmp.sub("repo")
+        try cli.resticOK(["init", "-r", repo, "--repository-version", "1"])
+        try cli.resticOK(["-r", repo, "backup", src])
+        let target = tmp.sub("restored")
+        try cli.ok(["-r", repo, "restore", "latest", "--target", target])
+        #expect(try TreeSnapshot(root: src).differences(from: TreeSnapshot(root: target + src)).isEmpty)
+        // Haven adds a backup to the v1 repository; restic still accepts it.
+        try cli.ok(["-r", repo, "backup", src, "--force"])
+        try cli.resticOK(["-r", repo, "check", "--read-data"])
+    }
+
+    @Test("Haven cuts the same chunks as restic: backing up restic's data adds no data blobs")
+    func sameChunksAsRestic() throws {
+        let cli = try CLI()
+        let tmp = TempDir("chunks")
+        let src = tmp.sub("src")
+        try Fixture.standardTree(at: src, seed: 4, scale: 2)
+        let repo = tmp.sub("repo")
+        try cli.resticOK(["init", "-r", repo])
+        try cli.resticOK(["-r", repo, "backup", src])
+        let before = try cli.resticDataBlobCount(repo)
+        #expect(before > 10)
+        let r = try cli.ok(["-r", repo, "backup", src, "--force", "--json"])
+        let summary = try #require(CLI.lastJSON(r))
+        #expect(summary["data_blobs"] as? Int == 0, "Haven stored new data blobs for data restic already had: \(summary)")
+        #expect(try cli.resticDataBlobCount(repo) == before)
+        try cli.resticOK(["-r", repo, "check", "--read-data"])
+    }
+
+    @Test("forget --prune on a mixed repository; restic prune then Haven check")
+    func mixedPrune() throws {
+        let cli = try CLI()
+        let tmp = TempDir("mixed")
+        let src = tmp.sub("src")
+        try Fixture.standardTree(at: src, seed: 5)
+        let repo = tmp.sub("repo")
+        try cli.ok(["init", "-r", repo])
+        try cli.ok(["-r", repo, "backup", src])
+        try Fixture.write(src + "/big/changed.bin", SeededRandom(seed: 99).bytes(3 << 20))
+        try cli.resticOK(["-r", repo, "backup", src])
+        try Fixture.write(src + "/big/changed.bin", SeededRandom(seed: 100).bytes(2 << 20))
+        try FileManager.default.removeItem(atPath: src + "/big/random.bin")
+        try cli.ok(["-r", repo, "backup", src])
+        try cli.ok(["-r", repo, "forget", "--keep-last", "1", "--prune"])
+        #expect(CLI.jsonArray(try cli.ok(["-r", repo, "snapshots", "--json"])).count == 1)
+        try cli.resticOK(["-r", repo, "check", "--read-data"])
+        let target = tmp.sub("restored")
+        try cli.resticOK(["-r", repo, "restore", "latest", "--target", target])
+        #expect(try TreeSnapshot(root: src).differences(from: TreeSnapshot(root: target + src)).isEmpty)
+        // And the other way round.
+        try Fixture.write(src + "/big/another.bin", SeededRandom(seed: 7).bytes(2 << 20))
+        try cli.resticOK(["-r", repo, "backup", src])
+        try cli.resticOK(["-r", repo, "forget", "--keep-last", "1", "--prune"])
+        try cli.ok(["-r", repo, "check", "--read-data"])
+    }
+}
