@@ -65,7 +65,7 @@ public enum Fixture {
         defer { close(fd) }
         var done = 0
         while done < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, bytes.count - done) }
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, bytes.count - done) }
             guard n > 0 else { throw FixtureError.failed("cannot write \(path)") }
             done += n
         }

@@ -165,4 +165,11 @@ enum Terminal {
     }
 
     static var stdoutIsTerminal: Bool { isatty(1) == 1 }
+
+    /// The terminal's width (80 when unknown), so a status line never wraps.
+    static var columns: Int {
+        var ws = winsize()
+        if ioctl(1, UInt(TIOCGWINSZ), &ws) == 0, ws.ws_col > 10 { return Int(ws.ws_col) }
+        return 80
+    }
 }

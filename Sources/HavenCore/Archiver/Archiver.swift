@@ -53,6 +53,10 @@ public final class BackupProgress: Sendable {
         public var bytesNew: UInt64 = 0
         public var errors = 0
         public var currentFiles: [String] = []
+        /// Totals found by the scanner that runs beside the backup (for an ETA); final when `scanDone`.
+        public var totalFiles = 0
+        public var totalBytes: UInt64 = 0
+        public var scanDone = false
     }
     private let state = Mutex(Snapshot())
     private let current = Mutex<[Int: String]>([:])
@@ -126,6 +130,8 @@ public final class Archiver: Sendable {
 
     func run() async throws -> BackupResult {
         let start = Timestamp.now()
+        let scanner = Task.detached(priority: .low) { [self] in self.scan() }
+        defer { scanner.cancel() }
         if !options.dryRun { try await adoptUnindexedPacks() }
         do {
             let (tree, paths, parentID) = try await buildRoot()
@@ -180,6 +186,40 @@ public final class Archiver: Sendable {
             }
         }
         writer.adopt(adopted.withLock { $0 })
+    }
+
+    /// Counts the files and bytes to back up, so progress can show an ETA. Cheap: lstat only.
+    func scan() {
+        guard options.stdinFilename == nil else { return }
+        var stack: [RawPath] = options.paths.map { RawPath(Self.clean($0.hasPrefix("/") ? $0 : Self.currentDirectory() + "/" + $0)) }
+        var files = 0
+        var bytes: UInt64 = 0
+        var lastReport = 0
+        while let path = stack.popLast() {
+            if Task.isCancelled { return }
+            if !excludes.isEmpty && excludes.matches(path.bytes) { continue }
+            guard case .success(let info) = FileInfo.lstat(path) else { continue }
+            if info.isDirectory {
+                guard let dir = path.withCString({ opendir($0) }) else { continue }
+                while let entry = readdir(dir) {
+                    let name = withUnsafeBytes(of: entry.pointee.d_name) { raw -> [UInt8] in
+                        let b = raw.bindMemory(to: UInt8.self)
+                        return Array(b[..<(b.firstIndex(of: 0) ?? b.count)])
+                    }
+                    if name != [46] && name != [46, 46] { stack.append(path.appending(name)) }
+                }
+                closedir(dir)
+            } else if info.isRegular {
+                if let limit = options.excludeLargerThan, info.size > limit { continue }
+                files += 1
+                bytes += info.size
+            }
+            if files - lastReport >= 1000 {
+                lastReport = files
+                progress.update { $0.totalFiles = files; $0.totalBytes = bytes }
+            }
+        }
+        progress.update { $0.totalFiles = files; $0.totalBytes = bytes; $0.scanDone = true }
     }
 
     // MARK: The root of the snapshot

@@ -76,7 +76,8 @@ public enum Checker {
                 report.warning("index/\(f.name) does not have a valid index file name; it was ignored")
             }
         }
-        try await forEachConcurrently(validIndexIDs, limit: 4) { id in
+        let indexIDs = validIndexIDs
+        try await forEachConcurrently(indexIDs, limit: 4) { id in
             do {
                 let file = try IndexFile.decode(try await repository.loadUnpacked(Handle(.index, id)), id: id)
                 loaded.withLock { $0.append((id, file)) }
@@ -84,7 +85,7 @@ public enum Checker {
                 indexErrors.withLock { $0.append("index \(id.short) cannot be used: \(e.message)") }
             }
             let n = indexDone.withLock { $0 += 1; return $0 }
-            progress?(CheckProgress(phase: .indexes, done: n, total: validIndexIDs.count))
+            progress?(CheckProgress(phase: .indexes, done: n, total: indexIDs.count))
         }
         for e in indexErrors.withLock({ $0 }).sorted() { report.error(e) }
         let files = loaded.withLock { $0 }.sorted { $0.0 < $1.0 }
@@ -221,6 +222,7 @@ public enum Checker {
         let selected = select(readable, sizes: stored, options.readData)
         if !selected.isEmpty {
             let results = Locked<[PackResult]>([])
+            let packBlobs = packBlobs
             let totals = Locked<(Int, UInt64)>((0, 0))
             try await forEachConcurrently(selected, limit: options.concurrency) { pack in
                 let r = await verifyPack(repository, pack, indexed: packBlobs[pack] ?? [])

@@ -5,7 +5,7 @@ struct BlobKey: Hashable, Sendable {
 }
 
 /// Loads a blob through a given index (not necessarily the repository's own).
-func loadBlob(_ repository: Repository, index: MasterIndex, _ id: ID, _ type: BlobType) async throws -> [UInt8] {
+func fetchBlob(_ repository: Repository, index: MasterIndex, _ id: ID, _ type: BlobType) async throws -> [UInt8] {
     guard let loc = index.lookup(id, type) else {
         throw HavenError(.notFound, "\(type.rawValue) blob \(id.short) is not in the index")
     }
@@ -13,8 +13,8 @@ func loadBlob(_ repository: Repository, index: MasterIndex, _ id: ID, _ type: Bl
     return try repository.decryptBlob(sealed, loc.blob, pack: loc.pack)
 }
 
-func loadTree(_ repository: Repository, index: MasterIndex, _ id: ID) async throws -> Tree {
-    let bytes = try await loadBlob(repository, index: index, id, .tree)
+func fetchTree(_ repository: Repository, index: MasterIndex, _ id: ID) async throws -> Tree {
+    let bytes = try await fetchBlob(repository, index: index, id, .tree)
     do { return try Tree.decode(bytes) } catch let e as HavenError {
         throw HavenError(.corrupt, "tree \(id.short) cannot be decoded: \(e.message)")
     }
@@ -89,7 +89,7 @@ struct TreeWalker: Sendable {
             try await forEachConcurrently(wave, limit: concurrency) { item in
                 let tree: Tree
                 do {
-                    tree = try await loadTree(repository, index: index, item.tree)
+                    tree = try await fetchTree(repository, index: index, item.tree)
                 } catch let e as HavenError {
                     state.withLock { record(&$0, Problem(snapshot: item.snapshot, path: item.path,
                                                          message: "tree \(item.tree.short) cannot be loaded: \(e.message)")) }
@@ -153,7 +153,7 @@ struct TreeWalker: Sendable {
             memo[tree] = []  // guards against cycles in hostile data
             var found = Set<BlobKey>()
             if targets.contains(BlobKey(id: tree, type: .tree)) { found.insert(BlobKey(id: tree, type: .tree)) }
-            guard depth < 1000, let t = try? await loadTree(repository, index: index, tree) else {
+            guard depth < 1000, let t = try? await fetchTree(repository, index: index, tree) else {
                 memo[tree] = found
                 return found
             }

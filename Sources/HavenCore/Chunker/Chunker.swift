@@ -3,7 +3,9 @@
 
 /// A polynomial over GF(2), as a bit mask (bit i = coefficient of x^i).
 public struct Polynomial: Sendable, Hashable, CustomStringConvertible {
+    /// The coefficients: bit i is the coefficient of x^i.
     public var rawValue: UInt64
+    /// The polynomial with the coefficients in `rawValue`.
     public init(_ rawValue: UInt64) { self.rawValue = rawValue }
 
     /// Parses the hex form stored in a repository's config (`"25b468838dcb75"`, no 0x).
@@ -32,6 +34,7 @@ public struct Polynomial: Sendable, Hashable, CustomStringConvertible {
     /// The hex form stored in config (lower case, no 0x).
     public var hex: String { String(rawValue, radix: 16, uppercase: false) }
 
+    /// The hex form, as in config.
     public var description: String { hex }
 
     /// The degree of the polynomial; -1 for the zero polynomial.
@@ -72,7 +75,7 @@ public struct Polynomial: Sendable, Hashable, CustomStringConvertible {
             let candidate = Polynomial(f)
             if candidate.isIrreducible { return candidate }
         }
-        // About one candidate in 37 is irreducible, so this is never reached with a working generator.
+        // About one candidate in 27 is irreducible, so this is never reached with a working generator.
         fatalError("no irreducible polynomial found in 1000000 tries; the random generator is broken")
     }
 }
@@ -113,7 +116,8 @@ public struct Chunker: Sendable {
     ///
     /// Preconditions: `polynomial.isUsableForChunking`, `64 <= minSize <= maxSize`.
     public init(polynomial: Polynomial, minSize: Int = Chunker.minSize, maxSize: Int = Chunker.maxSize) {
-        self.init(polynomial: polynomial, minSize: minSize, maxSize: maxSize, averageBits: Chunker.defaultAverageBits)
+        self.init(
+            polynomial: polynomial, minSize: minSize, maxSize: maxSize, averageBits: Chunker.defaultAverageBits)
     }
 
     /// Like restic's `WithAverageBits`: chunks end where the low `averageBits` bits of the fingerprint
@@ -167,36 +171,29 @@ public struct Chunker: Sendable {
         let start = i
         var digest = self.digest
 
-        // Slides byte `o` out of the window and byte `b` in.
-        @inline(__always)
-        func roll(_ digest: UInt64, out o: UInt8, in b: UInt8) -> UInt64 {
-            let d = digest ^ outTable[Int(o)]
-            return ((d &<< 8) | UInt64(b)) ^ modTable[Int(truncatingIfNeeded: d &>> shift)]
-        }
-
         // Phase 1: the first (up to) 64 hashed bytes of this buffer slide out bytes kept in `window`
         // from earlier buffers (or its initial contents after a reset).
         let ringEnd = min(n, start + ChunkerTables.windowSize)
         var add = count
         var wpos = self.wpos
-        var cut = false
+        var cutInWindow = false
         withUnsafeMutableBytes(of: &window) { win in
             while i < ringEnd {
                 let b = raw.load(fromByteOffset: i, as: UInt8.self)
                 let o = win[wpos]
                 win[wpos] = b
                 wpos = (wpos + 1) & (ChunkerTables.windowSize - 1)
-                digest = roll(digest, out: o, in: b)
+                digest = Chunker.roll(digest, o, b, out: outTable, mod: modTable, shift: shift)
                 add += 1
                 i += 1
                 if digest & mask == 0 || add >= maxSize {
                     if add < minSize { continue }
-                    cut = true
+                    cutInWindow = true
                     return
                 }
             }
         }
-        if cut {
+        if cutInWindow {
             reset()
             return i
         }
@@ -207,9 +204,13 @@ public struct Chunker: Sendable {
             // starts at minSize - 64), so only the split mask and maxSize can end it.
             let toMax = maxSize - add  // > 0: add >= maxSize would have cut in phase 1
             let limit = n - i > toMax ? i + toMax : n
-            let scan = tables.polShift == 45
-                ? Chunker.scan(raw, from: i, to: limit, digest: digest, out: outTable, mod: modTable, shift: 45, mask: mask)
-                : Chunker.scan(raw, from: i, to: limit, digest: digest, out: outTable, mod: modTable, shift: shift, mask: mask)
+            // restic's polynomials have degree 53: a constant shift makes the hot loop cheaper.
+            let scan =
+                shift == 45
+                ? Chunker.scan(
+                    raw, from: i, to: limit, digest: digest, out: outTable, mod: modTable, shift: 45, mask: mask)
+                : Chunker.scan(
+                    raw, from: i, to: limit, digest: digest, out: outTable, mod: modTable, shift: shift, mask: mask)
             if let cut = scan.cut {
                 reset()
                 return cut
@@ -237,10 +238,10 @@ public struct Chunker: Sendable {
         return nil
     }
 
-    /// Bytes per lane below which `scan` stops splitting the range into lanes.
+    /// Bytes per lane in the main loop of `scan`.
+    static let laneLength = 4096
+    /// Bytes per lane below which `scan` stops splitting the rest of a range into lanes.
     static let minimumLaneLength = 256
-    /// Longest stretch one lane scans before the lanes are checked for a cut.
-    static let maximumLaneLength = 16 * 1024
 
     /// Finds the first position `p` in `start + 1 ... end` where the fingerprint of the 64 bytes before
     /// `p` has no bit of `mask` set, and returns it as `cut`; otherwise returns the fingerprint at
@@ -255,59 +256,111 @@ public struct Chunker: Sendable {
         _ raw: UnsafeRawPointer, from start: Int, to end: Int, digest: UInt64,
         out: UnsafePointer<UInt64>, mod: UnsafePointer<UInt64>, shift: UInt64, mask: UInt64
     ) -> (cut: Int?, digest: UInt64) {
-        @inline(__always)
-        func byte(_ i: Int) -> UInt8 { raw.load(fromByteOffset: i, as: UInt8.self) }
-        @inline(__always)
-        func roll(_ digest: UInt64, _ o: UInt8, _ b: UInt8) -> UInt64 {
-            let d = digest ^ out[Int(o)]
-            return ((d &<< 8) | UInt64(b)) ^ mod[Int(truncatingIfNeeded: d &>> shift)]
-        }
-        @inline(__always)
-        func append(_ digest: UInt64, _ b: UInt8) -> UInt64 {
-            ((digest &<< 8) | UInt64(b)) ^ mod[Int(truncatingIfNeeded: digest &>> shift)]
-        }
-
         var digest = digest
         var i = start
-        let window = ChunkerTables.windowSize
-        while end - i >= 4 * minimumLaneLength {
-            let length = min(maximumLaneLength, (end - i) / 4)
-            let p0 = i, p1 = i + length, p2 = i + 2 * length, p3 = i + 3 * length
-            // Each lane's fingerprint at its start, from the 64 bytes before it.
-            var d0: UInt64 = 0, d1: UInt64 = 0, d2: UInt64 = 0, d3: UInt64 = 0
-            var j = -window
-            while j < 0 {
-                d0 = append(d0, byte(p0 &+ j))
-                d1 = append(d1, byte(p1 &+ j))
-                d2 = append(d2, byte(p2 &+ j))
-                d3 = append(d3, byte(p3 &+ j))
-                j &+= 1
-            }
-            var hit1 = Int.max, hit2 = Int.max, hit3 = Int.max
-            var t = 0
-            while t < length {
-                d0 = roll(d0, byte(p0 &+ t &- window), byte(p0 &+ t))
-                d1 = roll(d1, byte(p1 &+ t &- window), byte(p1 &+ t))
-                d2 = roll(d2, byte(p2 &+ t &- window), byte(p2 &+ t))
-                d3 = roll(d3, byte(p3 &+ t &- window), byte(p3 &+ t))
-                t &+= 1
-                // Lane 0 comes first: its first hit is the cut. Later lanes only count without one.
-                if d0 & mask == 0 { return (p0 + t, 0) }
-                if d1 & mask == 0 && hit1 == Int.max { hit1 = p1 + t }
-                if d2 & mask == 0 && hit2 == Int.max { hit2 = p2 + t }
-                if d3 & mask == 0 && hit3 == Int.max { hit3 = p3 + t }
-            }
-            let hit = min(hit1, hit2, hit3)
-            if hit != Int.max { return (hit, 0) }
-            digest = d3
-            i = p3 + length
+        // Fixed-length lanes (constant offsets in the hot loop), then one block of shorter lanes.
+        while end - i >= 4 * laneLength {
+            let lanes = scanLanes(raw, at: i, length: laneLength, out: out, mod: mod, shift: shift, mask: mask)
+            if lanes.cut != nil { return lanes }
+            digest = lanes.digest
+            i += 4 * laneLength
         }
+        if end - i >= 4 * minimumLaneLength {
+            let length = (end - i) / 4
+            let lanes = scanLanes(raw, at: i, length: length, out: out, mod: mod, shift: shift, mask: mask)
+            if lanes.cut != nil { return lanes }
+            digest = lanes.digest
+            i += 4 * length
+        }
+        return scanSequentially(raw, from: i, to: end, digest: digest, out: out, mod: mod, shift: shift, mask: mask)
+    }
+
+    /// `scan` over `start ..< start + 4 * length` (which must not be shorter), as four interleaved
+    /// lanes of `length` bytes.
+    @inline(__always)
+    static func scanLanes(
+        _ raw: UnsafeRawPointer, at start: Int, length: Int,
+        out: UnsafePointer<UInt64>, mod: UnsafePointer<UInt64>, shift: UInt64, mask: UInt64
+    ) -> (cut: Int?, digest: UInt64) {
+        let window = ChunkerTables.windowSize
+        let p0 = start, p1 = start + length, p2 = start + 2 * length, p3 = start + 3 * length
+        // Each lane's fingerprint at its start, from the 64 bytes before it.
+        var d0: UInt64 = 0, d1: UInt64 = 0, d2: UInt64 = 0, d3: UInt64 = 0
+        var j = -window
+        while j < 0 {
+            d0 = append(d0, byte(raw, p0 &+ j), mod: mod, shift: shift)
+            d1 = append(d1, byte(raw, p1 &+ j), mod: mod, shift: shift)
+            d2 = append(d2, byte(raw, p2 &+ j), mod: mod, shift: shift)
+            d3 = append(d3, byte(raw, p3 &+ j), mod: mod, shift: shift)
+            j &+= 1
+        }
+        var t = 0
+        var hit = false
+        while t < length {
+            d0 = roll(d0, byte(raw, p0 &+ t &- window), byte(raw, p0 &+ t), out: out, mod: mod, shift: shift)
+            d1 = roll(d1, byte(raw, p1 &+ t &- window), byte(raw, p1 &+ t), out: out, mod: mod, shift: shift)
+            d2 = roll(d2, byte(raw, p2 &+ t &- window), byte(raw, p2 &+ t), out: out, mod: mod, shift: shift)
+            d3 = roll(d3, byte(raw, p3 &+ t &- window), byte(raw, p3 &+ t), out: out, mod: mod, shift: shift)
+            t &+= 1
+            if d0 & mask == 0 || d1 & mask == 0 || d2 & mask == 0 || d3 & mask == 0 {
+                hit = true
+                break
+            }
+        }
+        if !hit { return (nil, d3) }
+        // Some lane matched after t steps (rare: about once per chunk). The cut is the first match in
+        // lane order: finish each lane from step t until one matches.
+        var lane = scanSequentially(
+            raw, from: p0 + t, to: p1, digest: d0, matched: true, out: out, mod: mod, shift: shift, mask: mask)
+        if lane.cut != nil { return lane }
+        lane = scanSequentially(
+            raw, from: p1 + t, to: p2, digest: d1, matched: true, out: out, mod: mod, shift: shift, mask: mask)
+        if lane.cut != nil { return lane }
+        lane = scanSequentially(
+            raw, from: p2 + t, to: p3, digest: d2, matched: true, out: out, mod: mod, shift: shift, mask: mask)
+        if lane.cut != nil { return lane }
+        return scanSequentially(
+            raw, from: p3 + t, to: p3 + length, digest: d3, matched: true, out: out, mod: mod, shift: shift,
+            mask: mask)
+    }
+
+    /// `scan` one byte after the other. With `matched`, the fingerprint at `start` itself is tested
+    /// first (then a match returns `start`).
+    @inline(__always)
+    static func scanSequentially(
+        _ raw: UnsafeRawPointer, from start: Int, to end: Int, digest: UInt64, matched: Bool = false,
+        out: UnsafePointer<UInt64>, mod: UnsafePointer<UInt64>, shift: UInt64, mask: UInt64
+    ) -> (cut: Int?, digest: UInt64) {
+        if matched && digest & mask == 0 { return (start, digest) }
+        var digest = digest
+        var i = start
         while i < end {
-            digest = roll(digest, byte(i &- window), byte(i))
+            digest = roll(
+                digest, byte(raw, i &- ChunkerTables.windowSize), byte(raw, i), out: out, mod: mod, shift: shift)
             i &+= 1
-            if digest & mask == 0 { return (i, 0) }
+            if digest & mask == 0 { return (i, digest) }
         }
         return (nil, digest)
+    }
+
+    @inline(__always)
+    static func byte(_ raw: UnsafeRawPointer, _ i: Int) -> UInt8 {
+        raw.load(fromByteOffset: i, as: UInt8.self)
+    }
+
+    /// Slides byte `o` out of the window whose fingerprint is `digest`, and byte `b` in.
+    @inline(__always)
+    static func roll(
+        _ digest: UInt64, _ o: UInt8, _ b: UInt8, out: UnsafePointer<UInt64>, mod: UnsafePointer<UInt64>,
+        shift: UInt64
+    ) -> UInt64 {
+        append(digest ^ out[Int(o)], b, mod: mod, shift: shift)
+    }
+
+    /// Appends byte `b` to the bytes whose fingerprint is `digest`: `(digest·x^8 + b) mod P`.
+    @inline(__always)
+    static func append(_ digest: UInt64, _ b: UInt8, mod: UnsafePointer<UInt64>, shift: UInt64) -> UInt64 {
+        ((digest &<< 8) | UInt64(b)) ^ mod[Int(truncatingIfNeeded: digest &>> shift)]
     }
 
     /// Starts a new chunk (for example at the start of a new file).

@@ -9,8 +9,7 @@ import Crypto
 import _CryptoExtras
 import Foundation
 
-/// scrypt cost parameters (N, r, p) as stored in a key file.
-
+/// scrypt cost parameters as stored in a key file: N (CPU/memory cost), r (block size), p (parallelism).
 public struct KDFParameters: Sendable, Equatable {
     public var n: Int, r: Int, p: Int
     /// Wraps the three scrypt parameters; `problem` says whether they are usable.
@@ -28,13 +27,15 @@ public struct KDFParameters: Sendable, Equatable {
         // scrypt's time is linear in N·p. Double N while the estimate stays within target and memory.
         var result = base
         var estimate = measured
-        while estimate * 2 <= target, result.n < Scrypt.maxN, 128 * (result.n * 2) * result.r <= maxMemory {
+        while estimate * 2 <= target, 128 * (result.n * 2) * result.r <= maxMemory,
+              KDFParameters(n: result.n * 2, r: result.r, p: 1).problem == nil {
             result.n *= 2
             estimate *= 2
         }
         // Capped by memory with time to spare: spend it on p, which costs time but no memory (restic does too).
         if estimate * 2 <= target {
-            result.p = min(max(Int(target / estimate), 1), 64)
+            result.p = min(Int(target / estimate), 64)
+            while result.p > 1, result.problem != nil { result.p -= 1 }
         }
         return result
     }
@@ -42,13 +43,18 @@ public struct KDFParameters: Sendable, Equatable {
     public static let testing = KDFParameters(n: 1 << 10, r: 8, p: 1)
 }
 
+/// A key file: the master key sealed under a key derived from a password with scrypt, as restic stores it.
 public struct KeyFile: Sendable, Equatable {
+    /// Creation time as stored (RFC 3339 text, kept verbatim when decoding).
     public var created: String
     public var username: String
     public var hostname: String
+    /// Key derivation function; only "scrypt" exists.
     public var kdf: String
     public var parameters: KDFParameters
+    /// scrypt salt (64 random bytes when Haven creates the file).
     public var salt: [UInt8]
+    /// The sealed master-key JSON: IV || ciphertext || MAC under the password-derived key.
     public var data: [UInt8]
 
     /// Wraps `master` under `password` with a new random salt.
@@ -61,7 +67,7 @@ public struct KeyFile: Sendable, Equatable {
         var rng = SystemRandomNumberGenerator()
         let salt = MasterKey.randomBytes(64, using: &rng)
         let userKey = try Scrypt.userKey(password: password, salt: salt, parameters: parameters)
-        return KeyFile(created: RFC3339.format(created), username: username, hostname: hostname, kdf: "scrypt",
+        return KeyFile(created: createdString(created), username: username, hostname: hostname, kdf: "scrypt",
                        parameters: parameters, salt: salt, data: userKey.seal(master.jsonBytes()))
     }
 
@@ -230,40 +236,13 @@ extension KeyFile {
         }
     }
 
-    /// RFC 3339 timestamps with nanoseconds, in UTC, as Go's time.RFC3339Nano writes them (all nine digits).
-    /// Internal (not private) so tests can check the format directly.
-    enum RFC3339 {
-        static func format(_ date: Date) -> String {
-            let t = date.timeIntervalSince1970
-            var seconds = Int64(t.rounded(.down))
-            var nanos = Int64(((t - Double(seconds)) * 1e9).rounded())
-            if nanos >= 1_000_000_000 { seconds += 1; nanos -= 1_000_000_000 }
-            if nanos < 0 { nanos = 0 }
-            var days = seconds / 86_400
-            var secondOfDay = seconds % 86_400
-            if secondOfDay < 0 { secondOfDay += 86_400; days -= 1 }
-            let (y, m, d) = civil(fromDays: days)
-            func pad(_ v: Int64, _ width: Int) -> String {
-                let s = String(v)
-                return String(repeating: "0", count: max(0, width - s.count)) + s
-            }
-            return "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))T\(pad(secondOfDay / 3600, 2)):\(pad(secondOfDay / 60 % 60, 2)):"
-                + "\(pad(secondOfDay % 60, 2)).\(pad(nanos, 9))Z"
-        }
-
-        /// Proleptic Gregorian (year, month, day) for a count of days since 1970-01-01.
-        static func civil(fromDays z0: Int64) -> (Int64, Int64, Int64) {
-            // Shift to an era-based calendar starting 0000-03-01 so leap days fall at the end of a year.
-            let z = z0 + 719_468
-            let era = (z >= 0 ? z : z - 146_096) / 146_097
-            let dayOfEra = z - era * 146_097                                          // 0...146096
-            let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
-            let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)  // from March 1
-            let mp = (5 * dayOfYear + 2) / 153                                        // 0 = March
-            let day = dayOfYear - (153 * mp + 2) / 5 + 1
-            let month = mp < 10 ? mp + 3 : mp - 9
-            let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
-            return (year, month, day)
-        }
+    /// `date` in UTC as RFC 3339 with nanoseconds, the way Go's time.RFC3339Nano writes it (trailing
+    /// zeros of the fraction dropped), e.g. "2026-11-22T05:30:00.123456789Z".
+    static func createdString(_ date: Date) -> String {
+        let t = date.timeIntervalSince1970
+        var seconds = Int64(t.rounded(.down))
+        var nanos = Int64(((t - Double(seconds)) * 1e9).rounded())
+        if nanos >= 1_000_000_000 { seconds += 1; nanos -= 1_000_000_000 }
+        return Timestamp(seconds: seconds, nanoseconds: Int32(max(nanos, 0)), utcOffset: 0).rfc3339
     }
 }

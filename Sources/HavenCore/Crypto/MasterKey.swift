@@ -7,13 +7,18 @@ import Foundation
 
 /// A repository's master key: AES-256-CTR encryption plus Poly1305-AES authentication, as restic.
 public struct MasterKey: Sendable, Equatable {
+    /// AES-256 key for the CTR-mode encryption.
     public var encryptionKey: [UInt8]  // 32 bytes
+    /// AES-128 key that encrypts the IV into Poly1305's s.
     public var macK: [UInt8]           // 16 bytes
+    /// Poly1305's r. `random()` clamps it; keys read from restic may be stored unclamped, which is
+    /// harmless because Poly1305 clamps r when it uses it.
     public var macR: [UInt8]           // 16 bytes, clamped as Poly1305 requires
 
     /// Bytes `seal` adds: 16 IV + 16 MAC.
     public static let overhead = 32
 
+    /// A key from its parts (32, 16 and 16 bytes; `seal` traps and `open` throws on other sizes).
     public init(encryptionKey: [UInt8], macK: [UInt8], macR: [UInt8]) {
         self.encryptionKey = encryptionKey; self.macK = macK; self.macR = macR
     }
@@ -28,13 +33,10 @@ public struct MasterKey: Sendable, Equatable {
 
     /// Encrypts and authenticates `plaintext`: returns IV || ciphertext || MAC.
     public func seal(_ plaintext: UnsafeRawBufferPointer) -> [UInt8] {
-        precondition(isWellFormed, "MasterKey needs a 32-byte encryption key and 16-byte MAC keys")
-        var rng = SystemRandomNumberGenerator()
-        var iv = MasterKey.randomBytes(16, using: &rng)
-        while iv.allSatisfy({ $0 == 0 }) {  // restic refuses an all-zero IV
-            iv = MasterKey.randomBytes(16, using: &rng)
+        [UInt8](unsafeUninitializedCapacity: plaintext.count + MasterKey.overhead) { buffer, initialized in
+            seal(plaintext, into: UnsafeMutableRawBufferPointer(buffer))
+            initialized = plaintext.count + MasterKey.overhead
         }
-        return seal(plaintext, iv: iv)
     }
 
     /// Checks the MAC, then decrypts. Throws `HavenError` with code `.corrupt` when the input is shorter
@@ -46,6 +48,35 @@ public struct MasterKey: Sendable, Equatable {
         guard sealed.count >= MasterKey.overhead else {
             throw HavenError.corrupt("encrypted data", "\(sealed.count) bytes is shorter than the 32-byte IV and MAC")
         }
+        return try [UInt8](unsafeUninitializedCapacity: sealed.count - MasterKey.overhead) { buffer, initialized in
+            try open(sealed, into: UnsafeMutableRawBufferPointer(buffer))
+            initialized = sealed.count - MasterKey.overhead
+        }
+    }
+}
+
+extension MasterKey {
+    /// `seal` into caller-provided memory (say, a reused buffer) of exactly `plaintext.count + overhead`
+    /// bytes, not overlapping `plaintext`.
+    public func seal(_ plaintext: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) {
+        var rng = SystemRandomNumberGenerator()
+        var iv = MasterKey.randomBytes(16, using: &rng)
+        while iv.allSatisfy({ $0 == 0 }) {  // restic refuses an all-zero IV
+            iv = MasterKey.randomBytes(16, using: &rng)
+        }
+        seal(plaintext, iv: iv, into: output)
+    }
+
+    /// `open` into caller-provided memory of exactly `sealed.count - overhead` bytes, not overlapping
+    /// `sealed`. Verifies the MAC before writing anything; throws as `open`.
+    public func open(_ sealed: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws {
+        guard isWellFormed else {
+            throw HavenError(.invalidArgument, "master key is malformed: needs a 32-byte encryption key and 16-byte MAC keys")
+        }
+        guard sealed.count >= MasterKey.overhead else {
+            throw HavenError.corrupt("encrypted data", "\(sealed.count) bytes is shorter than the 32-byte IV and MAC")
+        }
+        precondition(output.count == sealed.count - MasterKey.overhead, "open(into:) needs exactly sealed.count - 32 bytes")
         let ctEnd = sealed.count - 16
         let iv = UnsafeRawBufferPointer(rebasing: sealed[0..<16])
         let ciphertext = UnsafeRawBufferPointer(rebasing: sealed[16..<ctEnd])
@@ -56,15 +87,9 @@ public struct MasterKey: Sendable, Equatable {
         guard ok else {
             throw HavenError.corrupt("encrypted data", "MAC does not match (wrong key, or the bytes were modified)")
         }
-        var plaintext = [UInt8](repeating: 0, count: ciphertext.count)
-        plaintext.withUnsafeMutableBytes { out in
-            AESPrimitives.ctr(key: encryptionKey, iv: iv, input: ciphertext, output: out)
-        }
-        return plaintext
+        AESPrimitives.ctr(key: encryptionKey, iv: iv, input: ciphertext, output: output)
     }
-}
 
-extension MasterKey {
     /// `seal` for an array.
     public func seal(_ plaintext: [UInt8]) -> [UInt8] { plaintext.withUnsafeBytes { seal($0) } }
     /// `open` for an array.
@@ -77,21 +102,25 @@ extension MasterKey {
 
     /// Seals with a caller-chosen IV (16 bytes). Internal: only tests need a fixed IV.
     func seal(_ plaintext: UnsafeRawBufferPointer, iv: [UInt8]) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: plaintext.count + MasterKey.overhead) { buffer, initialized in
+            seal(plaintext, iv: iv, into: UnsafeMutableRawBufferPointer(buffer))
+            initialized = plaintext.count + MasterKey.overhead
+        }
+    }
+
+    func seal(_ plaintext: UnsafeRawBufferPointer, iv: [UInt8], into out: UnsafeMutableRawBufferPointer) {
         precondition(isWellFormed, "MasterKey needs a 32-byte encryption key and 16-byte MAC keys")
         precondition(iv.count == 16, "IV must be 16 bytes")
         let n = plaintext.count
-        return [UInt8](unsafeUninitializedCapacity: n + MasterKey.overhead) { buffer, initialized in
-            let out = UnsafeMutableRawBufferPointer(buffer)
-            iv.withUnsafeBytes { ivp in
-                out.baseAddress!.copyMemory(from: ivp.baseAddress!, byteCount: 16)
-                let ciphertext = UnsafeMutableRawBufferPointer(rebasing: out[16..<(16 + n)])
-                AESPrimitives.ctr(key: encryptionKey, iv: ivp, input: plaintext, output: ciphertext)
-                let (t0, t1) = AESPrimitives.poly1305AES(message: UnsafeRawBufferPointer(ciphertext),
-                                                         k: macK, r: macR, nonce: ivp)
-                out.storeBytes(of: t0.littleEndian, toByteOffset: 16 + n, as: UInt64.self)
-                out.storeBytes(of: t1.littleEndian, toByteOffset: 24 + n, as: UInt64.self)
-            }
-            initialized = n + MasterKey.overhead
+        precondition(out.count == n + MasterKey.overhead, "seal(into:) needs exactly plaintext.count + 32 bytes")
+        iv.withUnsafeBytes { ivp in
+            out.baseAddress!.copyMemory(from: ivp.baseAddress!, byteCount: 16)
+            let ciphertext = UnsafeMutableRawBufferPointer(rebasing: out[16..<(16 + n)])
+            AESPrimitives.ctr(key: encryptionKey, iv: ivp, input: plaintext, output: ciphertext)
+            let (t0, t1) = AESPrimitives.poly1305AES(message: UnsafeRawBufferPointer(ciphertext),
+                                                     k: macK, r: macR, nonce: ivp)
+            out.storeBytes(of: t0.littleEndian, toByteOffset: 16 + n, as: UInt64.self)
+            out.storeBytes(of: t1.littleEndian, toByteOffset: 24 + n, as: UInt64.self)
         }
     }
 

@@ -7,7 +7,7 @@
 // because h1·r1·2^128 = h1·(r1/4)·2^130 ≡ h1·5·(r1/4). After each block the bits of h at and above
 // 2^130 are folded back as 5·(h2 >> 2), which keeps h2 ≤ 4 and every partial product below 2^126.
 
-/// Poly1305 (RFC 8439 §2.5) over contiguous memory, with 64-bit limbs and no allocation.
+/// Poly1305 (RFC 8439 §2.5) over contiguous memory, with 64-bit limbs and no allocation per block.
 enum Poly1305 {
     /// Size of a tag and of each half of the key.
     static let tagSize = 16

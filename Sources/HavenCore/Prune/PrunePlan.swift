@@ -252,20 +252,23 @@ public struct PrunePlan: Sendable, CustomStringConvertible {
         }
 
         // Choose one copy of each used blob: the one in the pack that is most used anyway.
-        var usedShare: [ID: Double] = [:]
+        // Ties go to the pack with more used bytes, then to the lower pack ID (deterministic).
+        var usedShare: [ID: (share: Double, bytes: UInt64)] = [:]
         for (id, p) in packs {
             var usedBytes: UInt64 = 0, total: UInt64 = 0
             for b in p.blobs {
                 total += UInt64(b.length)
                 if isUsed(b) { usedBytes += UInt64(b.length) }
             }
-            usedShare[id] = total == 0 ? 0 : Double(usedBytes) / Double(total)
+            usedShare[id] = (total == 0 ? 0 : Double(usedBytes) / Double(total), usedBytes)
         }
         var keeper: [BlobKey: ID] = [:]
         for (k, where_) in locations {
-            keeper[k] = where_.min { a, b in
+            keeper[k] = where_.count == 1 ? where_[0] : where_.min { a, b in
                 let x = usedShare[a]!, y = usedShare[b]!
-                return x != y ? x > y : a < b
+                if x.share != y.share { return x.share > y.share }
+                if x.bytes != y.bytes { return x.bytes > y.bytes }
+                return a < b
             }
         }
         for id in Array(packs.keys) {

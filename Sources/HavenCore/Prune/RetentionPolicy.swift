@@ -286,18 +286,18 @@ func snapshot(_ s: Snapshot, hasAllTags tags: [String]) -> Bool {
 // MARK: Grouping
 
 /// Which snapshot fields `forget` groups by before applying a policy (restic's `--group-by`).
-public struct SnapshotGrouping: OptionSet, Sendable, Hashable {
+public struct SnapshotGroupBy: OptionSet, Sendable, Hashable {
     public let rawValue: Int
     public init(rawValue: Int) { self.rawValue = rawValue }
-    public static let host = SnapshotGrouping(rawValue: 1)
-    public static let paths = SnapshotGrouping(rawValue: 2)
-    public static let tags = SnapshotGrouping(rawValue: 4)
+    public static let host = SnapshotGroupBy(rawValue: 1)
+    public static let paths = SnapshotGroupBy(rawValue: 2)
+    public static let tags = SnapshotGroupBy(rawValue: 4)
     /// restic's default, `host,paths`.
-    public static let `default`: SnapshotGrouping = [.host, .paths]
+    public static let `default`: SnapshotGroupBy = [.host, .paths]
 
     /// Parses a comma-separated list of `host`, `paths` and `tags`; the empty string means no grouping.
-    public static func parse(_ text: String) throws -> SnapshotGrouping {
-        var g: SnapshotGrouping = []
+    public static func parse(_ text: String) throws -> SnapshotGroupBy {
+        var g: SnapshotGroupBy = []
         for part in text.split(separator: ",", omittingEmptySubsequences: true) {
             switch String(part.filter { $0 != " " }) {
             case "host": g.insert(.host)
@@ -337,7 +337,7 @@ public struct SnapshotGroup: Sendable {
 
 /// Splits snapshots into groups that share the chosen fields, so a policy is applied to each backup set on
 /// its own. Groups are sorted by host, then paths, then tags.
-public func group(_ snapshots: [Snapshot], by grouping: SnapshotGrouping = .default) -> [SnapshotGroup] {
+public func group(_ snapshots: [Snapshot], by grouping: SnapshotGroupBy = .default) -> [SnapshotGroup] {
     var order: [SnapshotGroupKey] = []
     var members: [SnapshotGroupKey: [Snapshot]] = [:]
     for s in snapshots {

@@ -10,8 +10,10 @@ import Darwin
 enum RestoreFS {
     /// Flags for opening a directory that is only used as the base of *at calls.
     static var directoryOpenFlags: Int32 {
-        #if os(Linux)
-        return O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
+        #if os(Linux) && (arch(x86_64) || arch(arm64))
+        // O_PATH (not exported by the Glibc module without _GNU_SOURCE): no read permission needed.
+        let oPath: Int32 = 0o10000000
+        return oPath | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
         #else
         return O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
         #endif
@@ -117,7 +119,7 @@ enum RestoreFS {
     private typealias SetXattr = @convention(c) (UnsafePointer<CChar>?, UnsafePointer<CChar>?, UnsafeRawPointer?, Int, Int32) -> Int32
 
     /// glibc's lsetxattr, looked up at run time (its header is not part of the Glibc module).
-    private nonisolated(unsafe) static let lsetxattrFunction: SetXattr? = {
+    private static let lsetxattrFunction: SetXattr? = {
         guard let handle = dlopen(nil, RTLD_NOW), let sym = dlsym(handle, "lsetxattr") else { return nil }
         return unsafeBitCast(sym, to: SetXattr.self)
     }()

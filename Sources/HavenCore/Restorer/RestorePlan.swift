@@ -78,12 +78,18 @@ public enum Restorer {
     ///   with "..", and errors loading the starting tree. Problems below the start do not throw: the
     ///   affected entries are skipped and listed in `plan.errors`.
     public static func plan(repository: Repository, tree: ID, subpath: String = "", options: RestoreOptions) async throws -> RestorePlan {
+        try await plan(repository: repository, tree: tree, subpath: subpath, options: options, loadTree: { try await repository.loadTree($0) })
+    }
+
+    /// `plan` with the tree loader replaced (tests use it to feed trees a real repository cannot hold).
+    static func plan(repository: Repository, tree: ID, subpath: String, options: RestoreOptions,
+                     loadTree: @escaping @Sendable (ID) async throws -> Tree) async throws -> RestorePlan {
         let components = try splitSubpath(subpath)
-        let (start, ancestors) = try await resolve(repository: repository, tree: tree, components: components, maxDepth: options.maxDepth)
-        var planner = Planner(repository: repository, options: options)
+        let (start, ancestors) = try await resolve(loadTree: loadTree, tree: tree, components: components, maxDepth: options.maxDepth)
+        var planner = Planner(repository: repository, options: options, loadTree: loadTree)
         switch start {
         case .tree(let id):
-            let root = try await repository.loadTree(id)
+            let root = try await loadTree(id)
             try await planner.addChildren(of: root, dirIndex: nil, relPath: [], components: components,
                                           ancestors: ancestors + [id], depth: 0, parentSelected: false)
         case .node(let node):
@@ -98,7 +104,7 @@ public enum Restorer {
     /// - Throws: `.notFound` naming the missing component, `.invalidArgument` for "..", `.corrupt` for a
     ///   directory without a subtree or a cycle.
     public static func resolve(repository: Repository, tree: ID, subpath: String) async throws -> RestoreStart {
-        try await resolve(repository: repository, tree: tree, components: splitSubpath(subpath), maxDepth: 1000).0
+        try await resolve(loadTree: { try await repository.loadTree($0) }, tree: tree, components: splitSubpath(subpath), maxDepth: 1000).0
     }
 
     static func splitSubpath(_ subpath: String) throws -> [[UInt8]] {
@@ -114,7 +120,8 @@ public enum Restorer {
         return out
     }
 
-    static func resolve(repository: Repository, tree: ID, components: [[UInt8]], maxDepth: Int) async throws -> (RestoreStart, [ID]) {
+    static func resolve(loadTree: @Sendable (ID) async throws -> Tree, tree: ID, components: [[UInt8]],
+                        maxDepth: Int) async throws -> (RestoreStart, [ID]) {
         guard components.count <= maxDepth else {
             throw HavenError(.invalidArgument, "path inside the snapshot is deeper than \(maxDepth) levels")
         }
@@ -123,7 +130,7 @@ public enum Restorer {
         var walked: [UInt8] = []
         for (k, name) in components.enumerated() {
             ancestors.append(current)
-            let listing = try await repository.loadTree(current)
+            let listing = try await loadTree(current)
             let path = RestorePath.join(walked, name)
             let location = walked.isEmpty ? "the snapshot root" : "\"\(RestorePath.display(walked))\""
             guard let node = listing.node(named: name) else {
@@ -150,6 +157,7 @@ public enum Restorer {
 /// Walks trees and fills a plan. Used by one task.
 struct Planner {
     let repository: Repository
+    let loadTree: @Sendable (ID) async throws -> Tree
     let selector: RestoreSelector
     let maxDepth: Int
     var plan: RestorePlan
@@ -161,8 +169,9 @@ struct Planner {
         var inode: UInt64
     }
 
-    init(repository: Repository, options: RestoreOptions) {
+    init(repository: Repository, options: RestoreOptions, loadTree: @escaping @Sendable (ID) async throws -> Tree) {
         self.repository = repository
+        self.loadTree = loadTree
         selector = RestoreSelector(options)
         maxDepth = max(1, options.maxDepth)
         plan = RestorePlan(options: options)
@@ -215,7 +224,7 @@ struct Planner {
                 if decision.descend {
                     let listing: Tree
                     do {
-                        listing = try await repository.loadTree(sub)
+                        listing = try await loadTree(sub)
                     } catch let e as HavenError where e.code != .cancelled {
                         plan.entries.removeLast()
                         error(path, "cannot read the directory's listing: \(e.message); not restored")

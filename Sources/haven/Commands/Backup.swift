@@ -131,7 +131,7 @@ struct Backup: AsyncParsableCommand {
         let out = global.output
         let repo = try await global.openRepository()
         let options = try await backupOptions(repository: repo)
-        let result = try await withRepositoryLock(repo, exclusive: false, global: global) {
+        let result = try await withRepositoryLock(repo, exclusive: false, global: global) { _ in
             let progress = BackupProgress()
             let reporter = ProgressReporter(output: out, progress: progress)
             let task = Task { await reporter.run() }
@@ -201,15 +201,33 @@ struct ProgressReporter: Sendable {
             let rate = Double(s.bytesDone - min(lastBytes, s.bytesDone)) / max(now.timeIntervalSince(lastTime), 0.001)
             lastBytes = s.bytesDone
             lastTime = now
+            // The ETA uses the average rate since the start, which is steadier than the last interval's.
+            let average = Double(s.bytesDone) / max(now.timeIntervalSince(start), 0.001)
             if output.json {
-                output.printJSON(["message_type": "status", "seconds_elapsed": Int(now.timeIntervalSince(start)),
-                                  "files_done": s.filesDone, "bytes_done": s.bytesDone, "error_count": s.errors,
-                                  "current_files": s.currentFiles])
+                var d: [String: Any] = ["message_type": "status", "seconds_elapsed": Int(now.timeIntervalSince(start)),
+                                        "files_done": s.filesDone, "bytes_done": s.bytesDone, "error_count": s.errors,
+                                        "current_files": s.currentFiles, "total_files": s.totalFiles, "total_bytes": s.totalBytes]
+                if s.scanDone && s.totalBytes > 0 {
+                    d["percent_done"] = min(1.0, Double(s.bytesDone) / Double(s.totalBytes))
+                    if average > 0 { d["seconds_remaining"] = Int(Double(s.totalBytes - min(s.bytesDone, s.totalBytes)) / average) }
+                }
+                output.printJSON(d)
             } else {
-                var line = "[\(Format.duration(now.timeIntervalSince(start)))] \(s.filesDone) files \(Format.bytes(s.bytesDone)), \(Format.bytes(UInt64(rate)))/s"
+                var line = "[\(Format.duration(now.timeIntervalSince(start)))]"
+                if s.scanDone && s.totalBytes > 0 {
+                    line += String(format: " %.1f%%", min(100.0, 100.0 * Double(s.bytesDone) / Double(s.totalBytes)))
+                }
+                line += " \(s.filesDone)"
+                if s.totalFiles > 0 { line += "/\(s.totalFiles)" }
+                line += " files \(Format.bytes(s.bytesDone))"
+                if s.totalBytes > 0 { line += "/\(Format.bytes(s.totalBytes))" }
+                line += ", \(Format.bytes(UInt64(rate)))/s"
+                if s.scanDone && average > 0 && s.totalBytes > s.bytesDone {
+                    line += ", ETA \(Format.duration(Double(s.totalBytes - s.bytesDone) / average))"
+                }
                 if s.errors > 0 { line += ", \(s.errors) errors" }
                 if let f = s.currentFiles.first { line += "  " + String(f.suffix(60)) }
-                FileHandle.standardOutput.write(Data(("\r\u{1b}[2K" + line).utf8))
+                FileHandle.standardOutput.write(Data(("\r\u{1b}[2K" + String(line.prefix(Terminal.columns - 1))).utf8))
             }
         }
         if terminal && !output.json { FileHandle.standardOutput.write(Data("\r\u{1b}[2K".utf8)) }

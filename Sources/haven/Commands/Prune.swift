@@ -1,8 +1,0 @@
-import ArgumentParser
-import HavenCore
-
-struct Prune: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Not implemented yet.")
-    @OptionGroup var global: GlobalOptions
-    func run() async throws { throw HavenError(.unsupported, "not implemented yet") }
-}
