@@ -9,7 +9,9 @@ public final class TempDir: Sendable {
     public let path: String
 
     public init(_ label: String = "haven-test") {
-        var template = Array("\(NSTemporaryDirectory())/\(label)-XXXXXX".utf8CString)
+        var base = NSTemporaryDirectory()
+        while base.count > 1 && base.hasSuffix("/") { base.removeLast() }
+        var template = Array("\(base)/\(label)-XXXXXX".utf8CString)
         let p = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
         path = String(cString: p!)
     }
@@ -34,6 +36,12 @@ public struct SeededRandom: RandomNumberGenerator, Sendable {
         z = (z ^ (z >> 30)) &* 0xbf58476d1ce4e5b9
         z = (z ^ (z >> 27)) &* 0x94d049bb133111eb
         return z ^ (z >> 31)
+    }
+
+    /// `n` bytes from a generator seeded with `seed`.
+    public static func bytes(seed: UInt64, _ n: Int) -> [UInt8] {
+        var r = SeededRandom(seed: seed)
+        return r.bytes(n)
     }
 
     public mutating func bytes(_ n: Int) -> [UInt8] {

@@ -3,7 +3,7 @@ import HavenCore
 
 /// restic's snapshot filters: --host, --tag, --path.
 struct SnapshotFilter: ParsableArguments {
-    @Option(name: [.customShort("H"), .long], help: ArgumentHelp("Only snapshots of this host (repeatable).", valueName: "HOST"))
+    @Option(help: ArgumentHelp("Only snapshots of this host (repeatable).", valueName: "HOST"))
     var host: [String] = []
 
     @Option(help: ArgumentHelp("Only snapshots with these tags: \"a,b\" needs both; repeat for alternatives.", valueName: "TAG[,TAG]"))

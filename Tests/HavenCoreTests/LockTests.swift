@@ -29,6 +29,25 @@ private func plantLock(_ repo: Repository, exclusive: Bool, host: String = Host.
     return try await repo.saveUnpacked(.lock, info.encoded())
 }
 
+/// MemoryStorage with a hook called after each save.
+private final class HookStorage: Storage {
+    let inner = MemoryStorage()
+    let hook = Locked<(@Sendable (Handle) async -> Void)?>(nil)
+    var location: String { inner.location }
+    var properties: StorageProperties { inner.properties }
+    func create() async throws { try await inner.create() }
+    func save(_ handle: Handle, _ data: [UInt8]) async throws {
+        try await inner.save(handle, data)
+        if let h = hook.withLock({ $0 }) { await h(handle) }
+    }
+    func load(_ handle: Handle, offset: Int, length: Int?) async throws -> [UInt8] {
+        try await inner.load(handle, offset: offset, length: length)
+    }
+    func stat(_ handle: Handle) async throws -> Int { try await inner.stat(handle) }
+    func list(_ type: FileType) async throws -> [StoredFile] { try await inner.list(type) }
+    func remove(_ handle: Handle) async throws { try await inner.remove(handle) }
+}
+
 /// A PID that no process has (beyond every system's pid_max).
 private let deadPID: Int32 = 99_999_999
 
@@ -118,7 +137,10 @@ struct LockTests {
         let timing = LockTiming(refreshInterval: .milliseconds(40), recheckDelay: .zero)
         let lock = try await Lock.acquire(repository: fx.repo, exclusive: false, timing: timing)
         let first = try #require(lock.fileID)
-        try await Task.sleep(for: .milliseconds(300))
+        // Wait for a refresh (generously: tests run in parallel on few cores).
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(20)
+        while lock.fileID == first && clock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
         let now = try #require(lock.fileID)
         #expect(now != first)
         // The first file is gone; at most a refresh in flight adds a second one for a moment.
@@ -133,16 +155,20 @@ struct LockTests {
 
     @Test("a lock appearing during the re-check makes acquire back out")
     func recheck() async throws {
-        let fx = try await CPFixture.make()
-        let timing = LockTiming(recheckDelay: .milliseconds(200))
-        let racer = Task {
-            try await Task.sleep(for: .milliseconds(50))
-            return try await plantLock(fx.repo, exclusive: true, host: "racer", pid: 1)
-        }
-        await expectLockFailed({ _ = try await Lock.acquire(repository: fx.repo, exclusive: false, timing: timing) },
+        // Storage that lets a competitor write its exclusive lock right after ours is stored.
+        let storage = HookStorage()
+        let repo = try await Repository.initialize(storage: storage, password: "pw", kdf: .testing)
+        let planted = Locked<ID?>(nil)
+        storage.hook.withLock { $0 = { handle in
+            guard handle.type == .lock else { return }
+            storage.hook.withLock { $0 = nil }
+            let id = try? await plantLock(repo, exclusive: true, host: "racer", pid: 1)
+            planted.withLock { $0 = id }
+        } }
+        await expectLockFailed({ _ = try await Lock.acquire(repository: repo, exclusive: false, timing: fast) },
                                containing: "racer")
-        let planted = try await racer.value
-        #expect(try await fx.names(.lock) == [planted.hex])
+        let racer = try #require(planted.withLock { $0 })
+        #expect(try await storage.list(.lock).map(\.name) == [racer.hex])
     }
 
     @Test("with a retry budget, acquire waits for a conflicting lock to go away")

@@ -290,8 +290,13 @@ struct PruneTests {
         #expect(Set(small.packsToRepack) == [s.p3, s.ta])
         let generous = try await PrunePlan.make(repository: s.fx.repo, options: PruneOptions(maxUnused: .percent(50)))
         #expect(generous.packsToRepack == [s.ta])
-        let cacheable = try await PrunePlan.make(repository: s.fx.repo, options: PruneOptions(maxUnused: .bytes(0), repackCacheableOnly: true))
+        let cacheable = try await PrunePlan.make(repository: s.fx.repo, maxUnused: .bytes(0), repackCacheableOnly: true)
         #expect(cacheable.packsToRepack == [s.ta])
+        // --max-repack-size 0: nothing is repacked, whole unused packs are still deleted.
+        let noRepack = try await PrunePlan.make(repository: s.fx.repo, options: PruneOptions(maxUnused: .bytes(0), maxRepackBytes: 0))
+        #expect(noRepack.packsToRepack.isEmpty)
+        #expect(noRepack.packsToDelete == [s.p2])
+        #expect(noRepack.unusedAfter > unlimited.unusedAfter)  // P3's and TA's unused blobs stay
 
         // Executing the unlimited plan keeps everything readable too.
         let lock = try await exclusiveLock(s.fx.repo)

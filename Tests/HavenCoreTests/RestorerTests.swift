@@ -305,6 +305,66 @@ private func hasIssue(_ issues: [RestoreIssue], _ path: String) -> Bool { hasIss
         try await roundTrip(maxReadSize: 1, maxReadGap: 0)
     }
 
+    @Test func manyPacksOnLocalStorage() async throws {
+        let base = makeTempDir("packs")
+        defer { removeTree(base) }
+        let storage = LocalStorage(path: base + "/repo")
+        let repo = try await Repository.initialize(storage: storage, password: "secret", kdf: .testing)
+        // Small packs, so the files' chunks are spread over many packs read concurrently.
+        let writer = BlobWriter(repository: repo, packSize: 100_000)
+        let chunks = (0..<12).map { pseudoRandom(30_000 + $0 * 1_000, seed: 100 + UInt64($0)) }
+        var ids: [ID] = []
+        for c in chunks { ids.append(try await writer.save(.data, plaintext: c)) }
+        var nodes: [Node] = []
+        var expected: [String: [UInt8]] = [:]
+        for f in 0..<20 {
+            let picks = [(f * 7) % 12, (f * 5 + 3) % 12, (f * 3 + 1) % 12, f % 12]
+            nodes.append(file("file\(f)", picks.map { ids[$0] }))
+            expected["file\(f)"] = picks.flatMap { chunks[$0] }
+        }
+        let sub = try await writer.save(.tree, plaintext: Tree(nodes: nodes).encoded())
+        let root = try await writer.save(.tree, plaintext: Tree(nodes: [dir("files", sub)]).encoded())
+        try await writer.flush()
+        #expect(writer.statistics.packs >= 4)
+
+        // Reopen, as the CLI would, so blobs are found through the stored index.
+        let reopened = try await Repository.open(storage: storage, password: "secret")
+        try await reopened.loadIndex()
+        let target = base + "/target"
+        var options = RestoreOptions(target: target, verify: true)
+        options.maxReadGap = 10_000
+        let plan = try await Restorer.plan(repository: reopened, tree: root, options: options)
+        let result = try await Restorer.execute(plan, repository: reopened)
+        #expect(result.errors.isEmpty, "\(result.errors)")
+        #expect(result.filesRestored == 20)
+        for (name, content) in expected {
+            #expect(readFile(join(target, "files/" + name)) == content, "\(name)")
+        }
+    }
+
+    @Test func deviceNodesNeedRoot() async throws {
+        let fx = try await Fixture.make()
+        var null = Node(name: bytes("null"), type: .chardev)
+        null.mode = Node.goModeDevice | Node.goModeCharDevice | 0o666
+        null.device = 0x103  // 1:3, like /dev/null
+        null.uid = getuid(); null.gid = getgid()
+        let root = try await fx.snapshot([null])
+        let target = makeTempDir()
+        defer { removeTree(target) }
+        let (_, r) = try await runRestore(fx, tree: root, target: target)
+        #expect(r.errors.isEmpty, "\(r.errors)")
+        if r.specialFilesRestored == 1 {
+            let st = try #require(lstatPath(join(target, "null")))
+            #expect(UInt32(st.st_mode) & UInt32(S_IFMT) == UInt32(S_IFCHR))
+            #expect(UInt64(st.st_rdev) == 0x103)
+            #expect(UInt32(st.st_mode) & 0o777 == 0o666)
+        } else {
+            // Not root, or not allowed to create devices here: a warning, nothing created.
+            #expect(r.warnings.map(\.path) == [bytes("null")])
+            #expect(!exists(join(target, "null")))
+        }
+    }
+
     @Test func dryRunCreatesNothing() async throws {
         let fx = try await Fixture.make()
         let id = try await fx.blob(bytes("data"))

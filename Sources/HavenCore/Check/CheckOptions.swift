@@ -80,6 +80,7 @@ public struct CheckOptions: Sendable {
     /// Packs read at once with `readData` (each is held in memory while it is verified).
     public var concurrency: Int
 
+    /// Structure check only by default; `concurrency` is clamped to at least 1.
     public init(readData: ReadDataSelection = .none, concurrency: Int = 4) {
         self.readData = readData
         self.concurrency = max(1, concurrency)
@@ -88,6 +89,7 @@ public struct CheckOptions: Sendable {
 
 /// Progress of a check, reported as each item finishes.
 public struct CheckProgress: Sendable {
+    /// The step being worked on; the raw value is a label for display.
     public enum Phase: String, Sendable {
         case indexes = "loading indexes"
         case packs = "checking packs"
@@ -95,7 +97,9 @@ public struct CheckProgress: Sendable {
         case trees = "checking snapshots, trees and blobs"
         case readData = "reading all data"
     }
+    /// The current step.
     public var phase: Phase
+    /// Items of this step finished so far.
     public var done: Int
     /// nil when not known in advance (trees).
     public var total: Int?

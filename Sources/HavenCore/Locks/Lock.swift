@@ -7,14 +7,22 @@ import Synchronization
 
 /// The content of a lock file (restic's format, stored encrypted in `locks/`).
 public struct LockInfo: Sendable, Equatable {
+    /// When the lock was created or last refreshed.
     public var time: Timestamp
+    /// Whether the lock excludes every other lock.
     public var exclusive: Bool
+    /// The host of the process holding the lock.
     public var hostname: String
+    /// The user running that process.
     public var username: String
+    /// The process ID (checked for liveness when the host is this one).
     public var pid: Int32
+    /// The user ID of that process.
     public var uid: UInt32
+    /// The group ID of that process.
     public var gid: UInt32
 
+    /// A lock record with the given fields.
     public init(time: Timestamp, exclusive: Bool, hostname: String, username: String, pid: Int32, uid: UInt32, gid: UInt32) {
         self.time = time; self.exclusive = exclusive; self.hostname = hostname; self.username = username
         self.pid = pid; self.uid = uid; self.gid = gid
@@ -26,6 +34,7 @@ public struct LockInfo: Sendable, Equatable {
                  pid: getpid(), uid: getuid(), gid: getgid())
     }
 
+    /// The JSON restic writes: time, exclusive, hostname, username, pid, uid, gid.
     public func encoded() -> [UInt8] {
         var w = JSONWriter()
         w.beginObject()
@@ -90,6 +99,7 @@ public struct LockTiming: Sendable {
     /// The pause between attempts when acquiring with a retry budget.
     public var retryInterval: Duration
 
+    /// Timing; the defaults are restic's.
     public init(staleAfter: Duration = .seconds(30 * 60), refreshInterval: Duration = .seconds(5 * 60),
                 recheckDelay: Duration = .milliseconds(200), retryInterval: Duration = .seconds(5)) {
         self.staleAfter = staleAfter; self.refreshInterval = refreshInterval
@@ -113,8 +123,11 @@ extension Duration {
 /// restore, check) only exclude exclusive ones. While held, the lock file is replaced by a fresh one every
 /// `refreshInterval` so others do not consider it stale.
 public final class Lock: Sendable {
+    /// The locked repository.
     public let repository: Repository
+    /// Whether this is an exclusive lock.
     public let isExclusive: Bool
+    /// The timing the lock was acquired with (staleness, refresh interval).
     public let timing: LockTiming
 
     struct State {

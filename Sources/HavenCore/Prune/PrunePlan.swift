@@ -39,6 +39,7 @@ public enum MaxUnused: Sendable, Equatable {
 
 /// What `PrunePlan.make` may do.
 public struct PruneOptions: Sendable {
+    /// Unused space allowed to remain in partly used packs.
     public var maxUnused: MaxUnused
     /// Stop choosing packs to repack once their total size would exceed this (restic's `--max-repack-size`).
     public var maxRepackBytes: UInt64?
@@ -49,6 +50,7 @@ public struct PruneOptions: Sendable {
     /// Packs read at once while repacking (each is held in memory).
     public var concurrency: Int
 
+    /// Options; the defaults are restic's (5% unused, 16 MiB packs).
     public init(maxUnused: MaxUnused = .percent(5), maxRepackBytes: UInt64? = nil, repackCacheableOnly: Bool = false,
                 packSize: Int = 16 << 20, concurrency: Int = 2) {
         self.maxUnused = maxUnused
@@ -68,6 +70,7 @@ public struct PruneOptions: Sendable {
 
 /// Progress of planning and executing a prune.
 public struct PruneProgress: Sendable {
+    /// The step being worked on; the raw value is a label for display.
     public enum Phase: String, Sendable {
         case snapshots = "loading snapshots"
         case trees = "finding data still in use"
@@ -76,18 +79,27 @@ public struct PruneProgress: Sendable {
         case deleteIndex = "deleting obsolete index files"
         case deletePacks = "removing old packs"
     }
+    /// The current step.
     public var phase: Phase
+    /// Items of this step finished so far.
     public var done: Int
+    /// Items in this step, when known.
     public var total: Int?
 }
 
 /// What `PrunePlan.execute` did.
 public struct PruneResult: Sendable {
+    /// New packs holding repacked blobs.
     public var packsWritten = 0
+    /// Blobs copied into new packs.
     public var blobsRepacked = 0
+    /// Bytes of the new packs.
     public var bytesWritten: UInt64 = 0
+    /// New index files describing the remaining packs.
     public var indexFilesWritten = 0
+    /// Old index files removed.
     public var indexFilesRemoved = 0
+    /// Packs removed (deleted, repacked and unreferenced).
     public var packsRemoved = 0
 }
 
@@ -99,7 +111,9 @@ public struct PruneResult: Sendable {
 public struct PrunePlan: Sendable, CustomStringConvertible {
     /// A number of blobs and their stored size (encrypted bytes plus header entries).
     public struct Amount: Sendable, Equatable {
+        /// Number of blobs.
         public var blobs = 0
+        /// Their stored size.
         public var bytes: UInt64 = 0
         mutating func add(_ b: PackedBlob) {
             blobs += 1
@@ -108,6 +122,7 @@ public struct PrunePlan: Sendable, CustomStringConvertible {
         mutating func add(_ a: Amount) { blobs += a.blobs; bytes += a.bytes }
     }
 
+    /// The options the plan was made with.
     public var options: PruneOptions
     /// Indexed packs that hold no used blob.
     public var packsToDelete: [ID] = []
@@ -132,6 +147,7 @@ public struct PrunePlan: Sendable, CustomStringConvertible {
     public var removedByRepack = Amount()
     /// Blobs in deleted packs.
     public var removedByDelete = Amount()
+    /// Size of the unreferenced packs.
     public var unreferencedBytes: UInt64 = 0
     /// Unused bytes left in kept packs after pruning.
     public var unusedAfter: UInt64 = 0
@@ -203,6 +219,15 @@ public struct PrunePlan: Sendable, CustomStringConvertible {
         }
         try plan.classify(files: files, stored: stored, usedData: walk.usedData, usedTrees: walk.usedTrees)
         return plan
+    }
+
+    /// `make(repository:options:progress:)` with just the common options.
+    public static func make(
+        repository: Repository, maxUnused: MaxUnused, repackCacheableOnly: Bool = false,
+        progress: (@Sendable (PruneProgress) -> Void)? = nil
+    ) async throws -> PrunePlan {
+        try await make(repository: repository, options: PruneOptions(maxUnused: maxUnused, repackCacheableOnly: repackCacheableOnly),
+                       progress: progress)
     }
 
     private struct PackStats {
@@ -303,8 +328,13 @@ public struct PrunePlan: Sendable, CustomStringConvertible {
             } else if p.unused.blobs == 0 {
                 keep.insert(id)
             } else if p.hasTree {
-                repack.append(id)
-                repackBytes += p.size
+                // Tree packs are small and read by every operation: always repacked, within --max-repack-size.
+                if options.maxRepackBytes.map({ repackBytes + p.size <= $0 }) ?? true {
+                    repack.append(id)
+                    repackBytes += p.size
+                } else {
+                    keep.insert(id)
+                }
             } else if options.repackCacheableOnly {
                 keep.insert(id)
             } else {
@@ -316,6 +346,7 @@ public struct PrunePlan: Sendable, CustomStringConvertible {
             return x != y ? x > y : a < b
         }
         var unusedLeft = candidates.reduce(UInt64(0)) { $0 + packs[$1]!.unused.bytes }
+            + keep.reduce(UInt64(0)) { $0 + packs[$1]!.unused.bytes }
         let allowance = options.maxUnused.allowance(used: used.bytes)
         for id in candidates {
             let p = packs[id]!

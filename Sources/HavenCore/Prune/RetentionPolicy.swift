@@ -3,11 +3,16 @@
 /// Subtracting it from a time works on the calendar, like Go's `AddDate`: one month before March 31 is
 /// "February 31", which normalizes to March 3 (or 2 in a leap year).
 public struct RetentionDuration: Sendable, Hashable, CustomStringConvertible {
+    /// Calendar years.
     public var years: Int
+    /// Calendar months.
     public var months: Int
+    /// Calendar days.
     public var days: Int
+    /// Hours.
     public var hours: Int
 
+    /// A duration from its components.
     public init(years: Int = 0, months: Int = 0, days: Int = 0, hours: Int = 0) {
         self.years = years; self.months = months; self.days = days; self.hours = hours
     }
@@ -78,22 +83,34 @@ public struct RetentionPolicy: Sendable, Hashable {
     /// The count that means "every period" (restic's `unlimited`).
     public static let unlimited = -1
 
+    /// Keep the newest n snapshots.
     public var keepLast: Int?
+    /// Keep the newest snapshot of each of the last n hours that have snapshots.
     public var keepHourly: Int?
+    /// Keep the newest snapshot of each of the last n days that have snapshots.
     public var keepDaily: Int?
+    /// Keep the newest snapshot of each of the last n ISO weeks that have snapshots.
     public var keepWeekly: Int?
+    /// Keep the newest snapshot of each of the last n months that have snapshots.
     public var keepMonthly: Int?
+    /// Keep the newest snapshot of each of the last n years that have snapshots.
     public var keepYearly: Int?
     /// Keep every snapshot within this duration of the newest snapshot.
     public var keepWithin: RetentionDuration?
+    /// Keep the newest snapshot of each hour within this duration of the newest snapshot.
     public var keepWithinHourly: RetentionDuration?
+    /// Keep the newest snapshot of each day within this duration of the newest snapshot.
     public var keepWithinDaily: RetentionDuration?
+    /// Keep the newest snapshot of each ISO week within this duration of the newest snapshot.
     public var keepWithinWeekly: RetentionDuration?
+    /// Keep the newest snapshot of each month within this duration of the newest snapshot.
     public var keepWithinMonthly: RetentionDuration?
+    /// Keep the newest snapshot of each year within this duration of the newest snapshot.
     public var keepWithinYearly: RetentionDuration?
     /// Keep every snapshot that has all tags of at least one group. The group `[""]` matches untagged snapshots.
     public var keepTags: [[String]]
 
+    /// A policy from its rules; unset rules are off.
     public init(keepLast: Int? = nil, keepHourly: Int? = nil, keepDaily: Int? = nil, keepWeekly: Int? = nil,
                 keepMonthly: Int? = nil, keepYearly: Int? = nil, keepWithin: RetentionDuration? = nil,
                 keepWithinHourly: RetentionDuration? = nil, keepWithinDaily: RetentionDuration? = nil,
@@ -287,10 +304,15 @@ func snapshot(_ s: Snapshot, hasAllTags tags: [String]) -> Bool {
 
 /// Which snapshot fields `forget` groups by before applying a policy (restic's `--group-by`).
 public struct SnapshotGroupBy: OptionSet, Sendable, Hashable {
+    /// The option bits.
     public let rawValue: Int
+    /// Fields from option bits.
     public init(rawValue: Int) { self.rawValue = rawValue }
+    /// Group by host name.
     public static let host = SnapshotGroupBy(rawValue: 1)
+    /// Group by the (sorted) backup paths.
     public static let paths = SnapshotGroupBy(rawValue: 2)
+    /// Group by the (sorted) tags.
     public static let tags = SnapshotGroupBy(rawValue: 4)
     /// restic's default, `host,paths`.
     public static let `default`: SnapshotGroupBy = [.host, .paths]
@@ -313,12 +335,14 @@ public struct SnapshotGroupBy: OptionSet, Sendable, Hashable {
 
 /// What the snapshots of a group share: the fields grouped by (nil when not grouped by that field).
 public struct SnapshotGroupKey: Sendable, Hashable, CustomStringConvertible {
+    /// The host name, when grouped by host.
     public var hostname: String?
     /// Sorted.
     public var paths: [String]?
     /// Sorted.
     public var tags: [String]?
 
+    /// "host [h], paths [p], tags [t]" for the fields grouped by.
     public var description: String {
         var parts: [String] = []
         if let hostname { parts.append("host [\(hostname)]") }
@@ -330,6 +354,7 @@ public struct SnapshotGroupKey: Sendable, Hashable, CustomStringConvertible {
 
 /// A set of snapshots that share a `SnapshotGroupKey`.
 public struct SnapshotGroup: Sendable {
+    /// What the group shares.
     public var key: SnapshotGroupKey
     /// In the order given to `group(_:by:)`.
     public var snapshots: [Snapshot]

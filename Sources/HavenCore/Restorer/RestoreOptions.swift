@@ -91,8 +91,10 @@ public struct RestoreOptions: Sendable {
 public struct RestoreIssue: Sendable, Equatable, CustomStringConvertible {
     /// The entry's path relative to the restore target, raw name bytes joined by "/".
     public var path: [UInt8]
+    /// What went wrong, without the path.
     public var message: String
 
+    /// Creates an issue for the entry at `path` (relative to the target, raw bytes).
     public init(path: [UInt8], message: String) {
         self.path = path
         self.message = message
@@ -101,7 +103,8 @@ public struct RestoreIssue: Sendable, Equatable, CustomStringConvertible {
     /// The path for display: UTF-8 when valid, else with Go-style `\x` escapes.
     public var displayPath: String { RestorePath.display(path) }
 
-    public var description: String { "\(displayPath.isEmpty ? "." : displayPath): \(message)" }
+    /// `"path": message`.
+    public var description: String { "\"\(displayPath)\": \(message)" }
 }
 
 /// Where a running restore is, passed to the progress callback.
@@ -112,6 +115,7 @@ public struct RestoreProgress: Sendable, Equatable {
     public var bytesDone: UInt64 = 0, bytesTotal: UInt64 = 0
     /// Errors so far.
     public var errors = 0
+    /// All zero.
     public init() {}
 }
 
@@ -119,7 +123,9 @@ public struct RestoreProgress: Sendable, Equatable {
 public struct RestoreResult: Sendable {
     /// Regular files whose content was written (hard links not included).
     public var filesRestored = 0
+    /// Directories created, or already there and given the snapshot's metadata.
     public var directoriesRestored = 0
+    /// Symbolic links created.
     public var symlinksRestored = 0
     /// Additional names created with link() for hard-linked files.
     public var hardLinksRestored = 0
@@ -139,6 +145,7 @@ public struct RestoreResult: Sendable {
     /// True when the restore only planned (`RestoreOptions.dryRun`).
     public var dryRun = false
 
+    /// An empty result.
     public init() {}
 
     /// How many entries failed.
@@ -162,10 +169,10 @@ enum RestorePath {
     static func invalidNameReason(_ name: [UInt8]) -> String? {
         if name.isEmpty { return "invalid name: empty" }
         if name == [UInt8(ascii: ".")] || name == [UInt8(ascii: "."), UInt8(ascii: ".")] {
-            return "invalid name \"\(display(name))\": refers to a directory itself or its parent"
+            return "invalid name: \".\" and \"..\" cannot be created"
         }
-        if name.contains(UInt8(ascii: "/")) { return "invalid name \"\(display(name))\": contains \"/\"" }
-        if name.contains(0) { return "invalid name \"\(display(name))\": contains a NUL byte" }
+        if name.contains(UInt8(ascii: "/")) { return "invalid name: contains \"/\"" }
+        if name.contains(0) { return "invalid name: contains a NUL byte" }
         return nil
     }
 }

@@ -7,12 +7,15 @@
 public struct RestorePlan: Sendable {
     /// What the executor does for an entry.
     public enum Action: Sendable, Equatable {
+        /// A directory (an existing one is reused).
         case directory
         /// A regular file whose content is written from its blobs.
         case file
         /// Another name for the file at entry index `to` (a hard link to a file restored in this run).
         case hardLink(to: Int)
+        /// A symbolic link with the node's target (never followed).
         case symlink
+        /// A named pipe.
         case fifo
         /// A block or character device node (created only when running as root).
         case device
@@ -26,6 +29,7 @@ public struct RestorePlan: Sendable {
         public var parent: Int?
         /// The node from the snapshot: name and metadata (and content IDs for files).
         public var node: Node
+        /// What is created.
         public var action: Action
         /// A file's content size, summed from its blobs' sizes in the index; 0 for other entries.
         public var size: UInt64
@@ -36,6 +40,7 @@ public struct RestorePlan: Sendable {
 
     /// The options the plan was made with; `execute` uses them as well.
     public var options: RestoreOptions
+    /// What to create, parents before children.
     public internal(set) var entries: [Entry] = []
     /// Entries refused while planning (invalid or duplicate names, cycles, missing blobs, …), each with its path.
     public internal(set) var errors: [RestoreIssue] = []
@@ -48,8 +53,11 @@ public struct RestorePlan: Sendable {
     public var fileCount: Int { entries.reduce(0) { $0 + ($1.action == .file ? 1 : 0) } }
     /// Total content bytes of those files.
     public var totalBytes: UInt64 { entries.reduce(0) { $0 + ($1.action == .file ? $1.size : 0) } }
+    /// Directories to create.
     public var directoryCount: Int { entries.reduce(0) { $0 + ($1.action == .directory ? 1 : 0) } }
+    /// Symbolic links to create.
     public var symlinkCount: Int { entries.reduce(0) { $0 + ($1.action == .symlink ? 1 : 0) } }
+    /// Extra names of hard-linked files.
     public var hardLinkCount: Int {
         entries.reduce(0) { if case .hardLink = $1.action { return $0 + 1 }; return $0 }
     }

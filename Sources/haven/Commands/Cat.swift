@@ -7,15 +7,16 @@ struct Cat: AsyncParsableCommand {
         abstract: "Print the decrypted contents of a repository object.",
         discussion: """
         TYPE is one of:
-          config               the repository config (JSON)
-          masterkey            the decrypted master key (JSON; keep it secret)
-          index ID             an index file (JSON)
-          snapshot ID          a snapshot (JSON; ID may be "latest")
-          lock ID              a lock file (JSON)
-          key ID               a key file as stored (JSON; it holds the encrypted master key)
-          pack ID              a pack file's raw bytes
-          blob ID              a blob's decrypted, decompressed content (data blobs, else tree blobs)
-          tree ID              a tree blob (JSON); or SNAPSHOT:DIR for that directory's tree in a snapshot
+          config         the repository config (JSON)
+          masterkey      the decrypted master key (JSON; keep it secret)
+          index ID       an index file (JSON)
+          snapshot ID    a snapshot (JSON; ID may be "latest")
+          lock ID        a lock file (JSON)
+          key ID         a key file as stored (JSON, master key encrypted)
+          pack ID        a pack file's raw bytes
+          blob ID        a blob's plaintext (data blobs, else tree blobs)
+          tree ID        a tree blob (JSON); SNAPSHOT:DIR for a directory's
+                         tree in a snapshot
 
         IDs may be abbreviated to any unique prefix. pack and blob write binary data to standard output.
 

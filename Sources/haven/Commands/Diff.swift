@@ -10,7 +10,8 @@ struct Diff: AsyncParsableCommand {
           +  added          -  removed
           M  file content changed
           T  type changed (e.g. a file became a directory)
-          U  metadata changed (mode, owner, mtime, size, link target or extended attributes); shown with --metadata
+          U  metadata changed (with --metadata): mode, owner, mtime, size,
+             link target or extended attributes
         Directories end in "/". A summary follows: entries added and removed, and the blobs and bytes \
         (plaintext, data and tree blobs) that only one of the two snapshots references.
 

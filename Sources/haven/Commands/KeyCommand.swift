@@ -15,7 +15,7 @@ struct KeyCommand: ParsableCommand {
 
         Examples:
           haven -r /srv/backup key list
-          haven -r /srv/backup key add --new-password-file ~/.new-pass --user ops --host backup-server
+          haven -r /srv/backup key add --new-password-file ~/.new-pass --user ops
           haven -r /srv/backup key remove 1a2b3c4d
           haven -r /srv/backup key passwd
         """,
@@ -83,7 +83,7 @@ extension KeyCommand {
 
             Examples:
               haven -r /srv/backup key add
-              haven -r /srv/backup key add --new-password-file ~/.new-pass --user ops --host backup-server
+              haven -r /srv/backup key add --new-password-file ~/.new-pass --user ops
             """
         )
 
@@ -161,7 +161,7 @@ extension KeyCommand {
 
             Examples:
               haven -r /srv/backup key passwd
-              haven -r /srv/backup --password-file old.txt key passwd --new-password-file new.txt
+              haven -r /srv/backup key passwd --new-password-file new.txt
             """
         )
 

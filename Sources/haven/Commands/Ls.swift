@@ -20,7 +20,7 @@ struct Ls: AsyncParsableCommand {
           haven -r /srv/backup ls latest
           haven -r /srv/backup ls -l 1a2b3c4d /home/me/Documents
           haven -r /srv/backup ls latest --host laptop /etc --recursive
-          haven -r /srv/backup ls latest --json | jq -r 'select(.type == "file") | .path'
+          haven -r /srv/backup ls latest --json | jq -r .path
         """
     )
 

@@ -8,12 +8,12 @@ struct Stats: AsyncParsableCommand {
         discussion: """
         Counts the given snapshots ("latest", IDs or prefixes), or all snapshots matching --host/--tag/--path. \
         --mode chooses what is counted, as in restic:
-          restore-size       entries and bytes a restore would write (every entry counts, directories \
-        included; hard-linked files count once per snapshot)
-          raw-data           the unique blobs the snapshots reference: their stored size, uncompressed size \
-        and compression; with all snapshots selected also the size of all pack files
-          blobs-per-file     for each file with distinct contents, the data blobs it references (one count \
-        per blob and file)
+          restore-size       what a restore would write: every entry counts
+                             (directories too), hard links once per snapshot
+          raw-data           the unique blobs referenced: stored size,
+                             uncompressed size and compression; with all
+                             snapshots selected also the size of all packs
+          blobs-per-file     data blobs of each file with distinct contents
           files-by-contents  files with distinct contents and their sizes
 
         Examples:
