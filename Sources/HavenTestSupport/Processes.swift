@@ -10,10 +10,24 @@ public struct ProcessResult: Sendable, CustomStringConvertible {
 }
 
 public enum Run {
-    /// Runs `executable` with `arguments` and waits for it (with a timeout in seconds).
+    /// Runs `executable` with `arguments` and waits for it (with a timeout in seconds) on a Dispatch thread,
+    /// so that waiting never blocks the cooperative pool that other async tests need.
     @discardableResult
     public static func process(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
-                               stdin: Data? = nil, directory: String? = nil, timeout: Double = 600) throws -> ProcessResult {
+                               stdin: Data? = nil, directory: String? = nil, timeout: Double = 600) async throws -> ProcessResult {
+        try await withCheckedThrowingContinuation { continuation in
+            DispatchQueue.global().async {
+                continuation.resume(with: Result {
+                    try processBlocking(executable, arguments, environment: environment, stdin: stdin, directory: directory, timeout: timeout)
+                })
+            }
+        }
+    }
+
+    /// Runs `executable` and blocks the calling thread until it ends.
+    @discardableResult
+    public static func processBlocking(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
+                                       stdin: Data? = nil, directory: String? = nil, timeout: Double = 600) throws -> ProcessResult {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: executable)
         p.arguments = arguments

@@ -19,20 +19,20 @@ struct CLI {
     }
 
     @discardableResult
-    func run(_ args: [String], env extra: [String: String] = [:], stdin: Data? = nil, directory: String? = nil) throws -> ProcessResult {
-        try Run.process(haven, args, environment: env.merging(extra) { $1 }, stdin: stdin, directory: directory)
+    func run(_ args: [String], env extra: [String: String] = [:], stdin: Data? = nil, directory: String? = nil) async throws -> ProcessResult {
+        try await Run.process(haven, args, environment: env.merging(extra) { $1 }, stdin: stdin, directory: directory)
     }
 
     /// Runs haven and requires exit code 0.
     @discardableResult
     func ok(_ args: [String], env extra: [String: String] = [:], stdin: Data? = nil,
-            sourceLocation: SourceLocation = #_sourceLocation) throws -> ProcessResult {
-        let r = try run(args, env: extra, stdin: stdin)
+            sourceLocation: SourceLocation = #_sourceLocation) async throws -> ProcessResult {
+        let r = try await run(args, env: extra, stdin: stdin)
         #expect(r.status == 0, "haven \(args.joined(separator: " ")) failed: \(r)", sourceLocation: sourceLocation)
         return r
     }
 
-    func resticPath(sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
+    func resticPath(sourceLocation: SourceLocation = #_sourceLocation) async throws -> String {
         guard let restic else {
             Issue.record("restic is not installed: it is the format oracle (apt-get install restic)", sourceLocation: sourceLocation)
             throw FixtureError.failed("restic missing")
@@ -41,13 +41,13 @@ struct CLI {
     }
 
     @discardableResult
-    func restic(_ args: [String], sourceLocation: SourceLocation = #_sourceLocation) throws -> ProcessResult {
-        try Run.process(try resticPath(sourceLocation: sourceLocation), args + ["--no-cache"], environment: env)
+    func restic(_ args: [String], sourceLocation: SourceLocation = #_sourceLocation) async throws -> ProcessResult {
+        try await Run.process(try resticPath(sourceLocation: sourceLocation), args + ["--no-cache"], environment: env)
     }
 
     @discardableResult
-    func resticOK(_ args: [String], sourceLocation: SourceLocation = #_sourceLocation) throws -> ProcessResult {
-        let r = try restic(args, sourceLocation: sourceLocation)
+    func resticOK(_ args: [String], sourceLocation: SourceLocation = #_sourceLocation) async throws -> ProcessResult {
+        let r = try await restic(args, sourceLocation: sourceLocation)
         #expect(r.status == 0, "restic \(args.joined(separator: " ")) failed: \(r)", sourceLocation: sourceLocation)
         return r
     }
@@ -65,8 +65,8 @@ struct CLI {
     }
 
     /// Counts data blobs with `restic list blobs`.
-    func resticDataBlobCount(_ repo: String) throws -> Int {
-        let r = try resticOK(["-r", repo, "list", "blobs"])
+    func resticDataBlobCount(_ repo: String) async throws -> Int {
+        let r = try await resticOK(["-r", repo, "list", "blobs"])
         return r.stdout.split(separator: "\n").filter { $0.hasPrefix("data ") }.count
     }
 }

@@ -8,34 +8,34 @@ import Glibc
 /// Bad input and crashes: each gets a clear message, the documented exit code, and loses nothing.
 @Suite("Failures", .serialized)
 struct FailureTests {
-    func repoWithBackup(_ tmp: TempDir, _ cli: CLI) throws -> (repo: String, src: String) {
+    func repoWithBackup(_ tmp: TempDir, _ cli: CLI) async throws -> (repo: String, src: String) {
         let src = tmp.sub("src")
         try Fixture.standardTree(at: src, seed: 11, nonUTF8Names: false)
         let repo = tmp.sub("repo")
-        try cli.ok(["init", "-r", repo])
-        try cli.ok(["-r", repo, "backup", src, "--pack-size", "4"])
+        try await cli.ok(["init", "-r", repo])
+        try await cli.ok(["-r", repo, "backup", src, "--pack-size", "4"])
         return (repo, src)
     }
 
     @Test("wrong password: exit 12 and a clear message")
-    func wrongPassword() throws {
+    func wrongPassword() async throws {
         let cli = try CLI()
         let tmp = TempDir("wrongpw")
-        let (repo, _) = try repoWithBackup(tmp, cli)
-        let r = try cli.run(["-r", repo, "snapshots"], env: ["HAVEN_PASSWORD": "nope"])
+        let (repo, _) = try await repoWithBackup(tmp, cli)
+        let r = try await cli.run(["-r", repo, "snapshots"], env: ["HAVEN_PASSWORD": "nope"])
         #expect(r.status == 12)
         #expect(r.stderr.contains("wrong password"))
     }
 
     @Test("missing repository: exit 10; not a repository: exit 10")
-    func missingRepository() throws {
+    func missingRepository() async throws {
         let cli = try CLI()
         let tmp = TempDir("missing")
-        let r = try cli.run(["-r", tmp.sub("nothing-here"), "snapshots"])
+        let r = try await cli.run(["-r", tmp.sub("nothing-here"), "snapshots"])
         #expect(r.status == 10)
         #expect(r.stderr.contains("no repository"))
         try Fixture.mkdir(tmp.sub("emptydir"))
-        let r2 = try cli.run(["-r", tmp.sub("emptydir"), "snapshots"])
+        let r2 = try await cli.run(["-r", tmp.sub("emptydir"), "snapshots"])
         #expect(r2.status == 10)
     }
 
@@ -47,38 +47,38 @@ struct FailureTests {
         (["snapshots"], "repo"),
         (["forget"], "keep"),
     ])
-    func badFlags(args: [String], mentions: String) throws {
+    func badFlags(args: [String], mentions: String) async throws {
         let cli = try CLI()
         let tmp = TempDir("flags")
         var full = args
         if mentions != "repo" && args.first != "init" { full = ["-r", tmp.sub("repo")] + args }
         if args.first == "init" { full = ["-r", tmp.sub("repo")] + args }
         if args.first == "forget" {
-            try cli.ok(["init", "-r", tmp.sub("repo")])
+            try await cli.ok(["init", "-r", tmp.sub("repo")])
         }
-        let r = try cli.run(full, env: mentions == "repo" ? ["HAVEN_REPOSITORY": ""] : [:])
+        let r = try await cli.run(full, env: mentions == "repo" ? ["HAVEN_REPOSITORY": ""] : [:])
         #expect(r.status == 1, "\(full): \(r)")
         #expect(r.stderr.lowercased().contains(mentions), "\(full): \(r)")
     }
 
     @Test("a flipped byte in a pack is found by check --read-data; other files still restore")
-    func flippedByte() throws {
+    func flippedByte() async throws {
         let cli = try CLI()
         let tmp = TempDir("flip")
-        let (repo, src) = try repoWithBackup(tmp, cli)
-        try cli.ok(["-r", repo, "check", "--read-data"])
+        let (repo, src) = try await repoWithBackup(tmp, cli)
+        try await cli.ok(["-r", repo, "check", "--read-data"])
         // Damage the largest pack in the middle of its blob area.
-        let packs = try packFiles(repo)
+        let packs = try await packFiles(repo)
         let victim = try #require(packs.max { $0.1 < $1.1 })
-        try flipByte(victim.0, at: victim.1 / 3)
-        let check = try cli.run(["-r", repo, "check", "--read-data"])
+        try await flipByte(victim.0, at: victim.1 / 3)
+        let check = try await cli.run(["-r", repo, "check", "--read-data"])
         #expect(check.status == 1)
         let victimID = URL(fileURLWithPath: victim.0).lastPathComponent
         #expect((check.stdout + check.stderr).contains(String(victimID.prefix(8))), "check output should name the pack: \(check)")
         // Structure check does not read data: it passes.
-        try cli.ok(["-r", repo, "check"])
+        try await cli.ok(["-r", repo, "check"])
         let target = tmp.sub("restored")
-        let restore = try cli.run(["-r", repo, "restore", "latest", "--target", target])
+        let restore = try await cli.run(["-r", repo, "restore", "latest", "--target", target])
         #expect(restore.status == 1)
         let diffs = try TreeSnapshot(root: src).differences(from: TreeSnapshot(root: target + src))
         // Only files whose blobs were in the damaged range differ (their content, and the metadata that a
@@ -91,23 +91,23 @@ struct FailureTests {
     }
 
     @Test("a truncated pack is reported by check")
-    func truncatedPack() throws {
+    func truncatedPack() async throws {
         let cli = try CLI()
         let tmp = TempDir("trunc")
-        let (repo, _) = try repoWithBackup(tmp, cli)
-        let victim = try #require(try packFiles(repo).max { $0.1 < $1.1 })
+        let (repo, _) = try await repoWithBackup(tmp, cli)
+        let victim = try #require(try await packFiles(repo).max { $0.1 < $1.1 })
         chmod(victim.0, 0o600)
         #expect(truncate(victim.0, off_t(victim.1 / 2)) == 0)
-        let check = try cli.run(["-r", repo, "check"])
+        let check = try await cli.run(["-r", repo, "check"])
         #expect(check.status == 1)
         #expect((check.stdout + check.stderr).contains(String(URL(fileURLWithPath: victim.0).lastPathComponent.prefix(8))))
-        let full = try cli.run(["-r", repo, "check", "--read-data"])
+        let full = try await cli.run(["-r", repo, "check", "--read-data"])
         #expect(full.status == 1)
     }
 
     @Test("a backup killed with SIGKILL leaves a repository that checks clean; the next backup reuses uploaded packs",
           arguments: [0.3, 0.8, 1.5, 3.0])
-    func killedBackup(after delay: Double) throws {
+    func killedBackup(after delay: Double) async throws {
         let cli = try CLI()
         let tmp = TempDir("kill")
         let src = tmp.sub("src")
@@ -115,7 +115,7 @@ struct FailureTests {
         var rng = SeededRandom(seed: 21)
         for i in 0..<12 { try Fixture.write(src + "/file\(i).bin", rng.bytes(5 << 20)) }
         let repo = tmp.sub("repo")
-        try cli.ok(["init", "-r", repo])
+        try await cli.ok(["init", "-r", repo])
         let p = Process()
         p.executableURL = URL(fileURLWithPath: cli.haven)
         p.arguments = ["-r", repo, "backup", src, "--pack-size", "4", "--compression", "off"]
@@ -127,25 +127,25 @@ struct FailureTests {
         kill(p.processIdentifier, SIGKILL)
         p.waitUntilExit()
         // Haven ignores the dead process's lock; restic 0.14 needs `unlock`, which must see it as stale.
-        try cli.ok(["-r", repo, "check", "--read-data"])
-        try cli.resticOK(["-r", repo, "unlock"])
+        try await cli.ok(["-r", repo, "check", "--read-data"])
+        try await cli.resticOK(["-r", repo, "unlock"])
         #expect(try FileManager.default.contentsOfDirectory(atPath: repo + "/locks").isEmpty, "restic did not see the killed process's lock as stale")
-        try cli.resticOK(["-r", repo, "check", "--read-data"])
-        let packsBefore = try packFiles(repo).count
-        let r = try cli.ok(["-r", repo, "backup", src, "--pack-size", "4", "--compression", "off", "--json"])
+        try await cli.resticOK(["-r", repo, "check", "--read-data"])
+        let packsBefore = try await packFiles(repo).count
+        let r = try await cli.ok(["-r", repo, "backup", src, "--pack-size", "4", "--compression", "off", "--json"])
         let summary = try #require(CLI.lastJSON(r))
         let added = (summary["data_added"] as? Int) ?? -1
         if packsBefore > 0 {
             #expect(added < 60 << 20, "the next backup should reuse the \(packsBefore) packs already uploaded, but added \(added) bytes")
         }
-        try cli.resticOK(["-r", repo, "check", "--read-data"])
+        try await cli.resticOK(["-r", repo, "check", "--read-data"])
         let target = tmp.sub("restored")
-        try cli.ok(["-r", repo, "restore", "latest", "--target", target])
+        try await cli.ok(["-r", repo, "restore", "latest", "--target", target])
         #expect(try TreeSnapshot(root: src).differences(from: TreeSnapshot(root: target + src)).isEmpty)
     }
 
     @Test("unreadable source files: a warning each, the backup goes on, exit code 3")
-    func unreadableFiles() throws {
+    func unreadableFiles() async throws {
         guard getuid() != 0 else {
             // root reads everything; simulate with a file that vanishes instead.
             let cli = try CLI()
@@ -155,11 +155,11 @@ struct FailureTests {
             try Fixture.write(src + "/ok.txt", Array("fine".utf8))
             symlink("x", src + "/loop")
             let repo = tmp.sub("repo")
-            try cli.ok(["init", "-r", repo])
-            let r = try cli.run(["-r", repo, "backup", src, tmp.sub("does-not-exist")])
+            try await cli.ok(["init", "-r", repo])
+            let r = try await cli.run(["-r", repo, "backup", src, tmp.sub("does-not-exist")])
             #expect(r.status == 3, "\(r)")
             #expect(r.stderr.contains("does-not-exist"))
-            #expect(CLI.jsonArray(try cli.ok(["-r", repo, "snapshots", "--json"])).count == 1)
+            #expect(CLI.jsonArray(try await cli.ok(["-r", repo, "snapshots", "--json"])).count == 1)
             return
         }
         let cli = try CLI()
@@ -169,13 +169,13 @@ struct FailureTests {
         try Fixture.write(src + "/ok.txt", Array("fine".utf8))
         try Fixture.write(src + "/secret.txt", Array("no".utf8), mode: 0o000)
         let repo = tmp.sub("repo")
-        try cli.ok(["init", "-r", repo])
-        let r = try cli.run(["-r", repo, "backup", src])
+        try await cli.ok(["init", "-r", repo])
+        let r = try await cli.run(["-r", repo, "backup", src])
         #expect(r.status == 3)
         #expect(r.stderr.contains("secret.txt"))
     }
 
-    func packFiles(_ repo: String) throws -> [(String, Int)] {
+    func packFiles(_ repo: String) async throws -> [(String, Int)] {
         var out: [(String, Int)] = []
         for sub in try FileManager.default.contentsOfDirectory(atPath: repo + "/data") {
             for f in try FileManager.default.contentsOfDirectory(atPath: repo + "/data/" + sub) {
@@ -187,7 +187,7 @@ struct FailureTests {
         return out
     }
 
-    func flipByte(_ path: String, at offset: Int) throws {
+    func flipByte(_ path: String, at offset: Int) async throws {
         chmod(path, 0o600)
         let fd = open(path, O_RDWR)
         #expect(fd >= 0)

@@ -179,7 +179,8 @@ struct LockTests {
             try await Task.sleep(for: .milliseconds(150))
             try await holder.release()
         }
-        let lock = try await Lock.acquire(repository: fx.repo, exclusive: true, retry: .seconds(5), timing: fast)
+        // Generous budget: under a loaded test run the releaser task may wait a while for a thread.
+        let lock = try await Lock.acquire(repository: fx.repo, exclusive: true, retry: .seconds(120), timing: fast)
         try await releaser.value
         #expect(lock.isHeld)
         try await lock.release()
