@@ -53,7 +53,7 @@ struct Haven: AsyncParsableCommand {
 
         GLOBAL OPTIONS (accepted before or after the command):
           -r, --repo REPO          repository location (or HAVEN_REPOSITORY, RESTIC_REPOSITORY)
-          --password-file FILE     read the password from FILE (or HAVEN_PASSWORD_FILE, RESTIC_PASSWORD_FILE)
+          --password-file FILE     read the password from FILE (or HAVEN_PASSWORD_FILE)
           --password-command CMD   run CMD and read the password from its output
                                    (the password can also come from HAVEN_PASSWORD or RESTIC_PASSWORD,
                                    or from a prompt on a terminal)
