@@ -75,6 +75,9 @@ public enum PackFormat {
                 guard offset + UInt64(length) <= UInt64(headerStart) else {
                     throw HavenError(.corrupt, "pack \(pack.short) header lists blob \(id.short) beyond the end of the blob area")
                 }
+                guard offset <= UInt64(UInt32.max) else {
+                    throw HavenError(.corrupt, "pack \(pack.short) header lists blob \(id.short) at offset \(offset), beyond the 4 GiB a pack may hold")
+                }
                 blobs.append(PackedBlob(id: id, type: t & 1 == 0 ? .data : .tree, offset: UInt32(offset), length: length, uncompressedLength: ulen))
                 offset += UInt64(length)
                 i += size
