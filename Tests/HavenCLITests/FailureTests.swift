@@ -175,6 +175,72 @@ struct FailureTests {
         #expect(r.stderr.contains("secret.txt"))
     }
 
+    @Test("a prune killed with SIGKILL leaves a repository that checks clean and restores every kept snapshot",
+          arguments: [0.15, 0.4, 0.8])
+    func killedPrune(after delay: Double) async throws {
+        let cli = try CLI()
+        let tmp = TempDir("killprune")
+        let src = tmp.sub("src")
+        try Fixture.mkdir(src)
+        let repo = tmp.sub("repo")
+        try await cli.ok(["init", "-r", repo])
+        for round in 0..<4 {
+            for i in 0..<4 { try Fixture.write(src + "/f\(i).bin", SeededRandom.bytes(seed: UInt64(round * 10 + i), 1 << 20)) }
+            try await cli.ok(["-r", repo, "backup", src, "--pack-size", "4", "--compression", "off"])
+        }
+        try await cli.ok(["-r", repo, "forget", "--keep-last", "2"])
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: cli.haven)
+        p.arguments = ["-r", repo, "prune", "--max-unused", "0%"]
+        p.environment = ProcessInfo.processInfo.environment.merging(cli.env) { $1 }
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        usleep(useconds_t(delay * 1_000_000))
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        try await cli.ok(["-r", repo, "unlock"])
+        try await cli.ok(["-r", repo, "check", "--read-data"])
+        try await cli.resticOK(["-r", repo, "check", "--read-data"])
+        for snap in CLI.jsonArray(try await cli.ok(["-r", repo, "snapshots", "--json"])) {
+            let id = try #require(snap["id"] as? String)
+            try await cli.ok(["-r", repo, "restore", id, "--target", tmp.sub("r-" + id), "--verify"])
+        }
+        // A second prune finishes the job.
+        try await cli.ok(["-r", repo, "prune", "--max-unused", "0%"])
+        try await cli.resticOK(["-r", repo, "check", "--read-data"])
+    }
+
+    @Test("a full disk: the backup fails with a clear message, exit 1, and the repository stays usable")
+    func diskFull() async throws {
+        guard getuid() == 0 else {
+            Issue.record("this test mounts a small tmpfs and needs root (CI runs as root)")
+            return
+        }
+        let cli = try CLI()
+        let tmp = TempDir("full")
+        let mnt = tmp.sub("mnt")
+        try Fixture.mkdir(mnt)
+        let mount = try await Run.process("/bin/mount", ["-t", "tmpfs", "-o", "size=3m", "tmpfs", mnt])
+        try #require(mount.status == 0, "cannot mount a tmpfs: \(mount)")
+        defer { _ = try? Run.processBlocking("/bin/umount", ["-l", mnt]) }
+        let repo = mnt + "/repo"
+        try await cli.ok(["init", "-r", repo])
+        let src = tmp.sub("src")
+        try Fixture.mkdir(src)
+        try Fixture.write(src + "/small.txt", Array("small\n".utf8))
+        try await cli.ok(["-r", repo, "backup", src])
+        try Fixture.write(src + "/big.bin", SeededRandom.bytes(seed: 5, 6 << 20))
+        let r = try await cli.run(["-r", repo, "backup", src, "--compression", "off"])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("No space left on device"), "\(r)")
+        #expect(CLI.jsonArray(try await cli.ok(["-r", repo, "snapshots", "--json"])).count == 1)
+        try await cli.ok(["-r", repo, "check"])
+        let target = tmp.sub("restored")
+        try await cli.ok(["-r", repo, "restore", "latest", "--target", target])
+        #expect(FileManager.default.contents(atPath: target + src + "/small.txt") == Data("small\n".utf8))
+    }
+
     func packFiles(_ repo: String) async throws -> [(String, Int)] {
         var out: [(String, Int)] = []
         for sub in try FileManager.default.contentsOfDirectory(atPath: repo + "/data") {

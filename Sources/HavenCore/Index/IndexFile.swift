@@ -43,6 +43,12 @@ public struct IndexFile: Sendable {
     /// Parses an index file. Accepts restic's legacy format (a bare list of packs). Throws `.corrupt` naming `id`.
     public static func decode(_ bytes: [UInt8], id: ID) throws -> IndexFile {
         let what = "index \(id.short)"
+        /// A missing or null field is an empty list; any other non-list value is damage.
+        func list(_ v: JSONValue?, _ field: String) throws -> [JSONValue] {
+            guard let v, !v.isNull else { return [] }
+            guard let a = v.array else { throw HavenError(.corrupt, "\(what) has a \(field) field that is not a list") }
+            return a
+        }
         let json: JSONValue
         do { json = try JSONValue.parse(bytes) } catch { throw HavenError(.corrupt, "\(what) is not valid JSON: \(error)") }
         var result = IndexFile()
@@ -51,23 +57,27 @@ public struct IndexFile: Sendable {
             packList = legacy
         } else {
             guard case .object = json else { throw HavenError(.corrupt, "\(what) is not a JSON object") }
-            for s in json["supersedes"]?.array ?? [] {
+            for s in try list(json["supersedes"], "supersedes") {
                 guard let str = s.string, let sid = ID(hex: str) else { throw HavenError(.corrupt, "\(what) has an invalid supersedes entry") }
                 result.supersedes.append(sid)
             }
-            packList = json["packs"]?.array ?? []
+            packList = try list(json["packs"], "packs")
         }
         result.packs.reserveCapacity(packList.count)
         for p in packList {
             guard let ph = p["id"]?.string, let pid = ID(hex: ph) else { throw HavenError(.corrupt, "\(what) has a pack without a valid id") }
             var blobs: [PackedBlob] = []
-            for b in p["blobs"]?.array ?? [] {
+            for b in try list(p["blobs"], "blobs") {
                 guard let bh = b["id"]?.string, let bid = ID(hex: bh),
                       let t = b["type"]?.string.flatMap(BlobType.init(rawValue:)),
                       let off = b["offset"]?.uint64, let len = b["length"]?.uint64,
                       off <= UInt64(UInt32.max), len <= UInt64(UInt32.max), len >= UInt64(MasterKey.overhead)
                 else { throw HavenError(.corrupt, "\(what) has an invalid blob entry in pack \(pid.short)") }
-                let ulen = b["uncompressed_length"]?.uint64 ?? 0
+                var ulen: UInt64 = 0
+                if let u = b["uncompressed_length"], !u.isNull {
+                    guard let n = u.uint64 else { throw HavenError(.corrupt, "\(what) has an invalid uncompressed_length") }
+                    ulen = n
+                }
                 guard ulen <= UInt64(UInt32.max) else { throw HavenError(.corrupt, "\(what) has an invalid uncompressed_length") }
                 blobs.append(PackedBlob(id: bid, type: t, offset: UInt32(off), length: UInt32(len), uncompressedLength: UInt32(ulen)))
             }

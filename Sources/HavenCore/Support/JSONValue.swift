@@ -199,12 +199,15 @@ struct JSONParser {
             case UInt8(ascii: "u"):
                 var v = try hex4()
                 if (0xd800..<0xdc00).contains(v), i + 6 <= bytes.count, bytes[i] == 92, bytes[i + 1] == UInt8(ascii: "u") {
+                    // Consume the next escape only when it completes the pair; otherwise it is decoded on
+                    // its own (like Go's encoding/json) and this lone surrogate becomes U+FFFD below.
+                    let mark = i
                     i += 2
                     let low = try hex4()
                     if (0xdc00..<0xe000).contains(low) {
                         v = 0x10000 + ((v - 0xd800) << 10) + (low - 0xdc00)
                     } else {
-                        v = 0xfffd
+                        i = mark
                     }
                 }
                 let scalar = Unicode.Scalar(v) ?? "\u{fffd}"

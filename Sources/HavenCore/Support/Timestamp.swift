@@ -139,6 +139,10 @@ public struct Timestamp: Hashable, Comparable, Sendable, CustomStringConvertible
         i += 1
         guard let hour = num(2), expect(":"), let minute = num(2), expect(":"), let second = num(2) else { return nil }
         guard (1...12).contains(month), (1...31).contains(day), hour < 24, minute < 60, second < 61 else { return nil }
+        // Reject days the month does not have (Go does; otherwise "02-30" would silently become March).
+        let isLeap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+        let monthDays = [31, isLeap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+        guard day <= Int64(monthDays[Int(month) - 1]) else { return nil }
         var nanos: Int64 = 0
         if i < b.count && b[i] == UInt8(ascii: ".") {
             i += 1
@@ -158,7 +162,7 @@ public struct Timestamp: Hashable, Comparable, Sendable, CustomStringConvertible
         } else if b[i] == UInt8(ascii: "+") || b[i] == UInt8(ascii: "-") {
             let negative = b[i] == UInt8(ascii: "-")
             i += 1
-            guard let oh = num(2), expect(":"), let om = num(2) else { return nil }
+            guard let oh = num(2), expect(":"), let om = num(2), oh <= 24, om < 60 else { return nil }
             offset = (oh * 3600 + om * 60) * (negative ? -1 : 1)
         } else {
             return nil
