@@ -98,7 +98,6 @@ public final class Archiver: Sendable {
     let options: BackupOptions
     let progress: BackupProgress
     let fileSlots: AsyncSemaphore
-    let dirSlots: AsyncSemaphore
     let warnings = Locked<[BackupWarning]>([])
     let counts = Locked<Snapshot.Summary>(Snapshot.Summary())
     let names = NameCache()
@@ -110,7 +109,6 @@ public final class Archiver: Sendable {
         self.progress = progress
         writer = BlobWriter(repository: repository, packSize: options.packSize, compression: options.compression, dryRun: options.dryRun)
         fileSlots = AsyncSemaphore(permits: max(1, options.fileConcurrency))
-        dirSlots = AsyncSemaphore(permits: 16)
         excludes = PatternList(options.excludes)
     }
 
@@ -457,7 +455,6 @@ public final class Archiver: Sendable {
             for (i, name) in names.enumerated() {
                 let childPath = path.appending(name)
                 let parentNode = parentByName[name]
-                // Directories run beside their siblings while there is room; otherwise inline.
                 group.addTask {
                     (i, try await self.archiveEntry(name: name, path: childPath, parentNode: parentNode, device: device))
                 }

@@ -29,9 +29,11 @@ struct Snapshots: AsyncParsableCommand {
         let repo = try await global.openRepository(index: false)
         var snaps = filter.apply(try await global.loadSnapshots(repo))
         if !ids.isEmpty { snaps = try ids.map { try Repository.resolveSnapshot($0, in: snaps) } }
-        let groups = try SnapshotGrouping(groupBy ?? "").group(snaps)
+        let groups = group(snaps, by: try SnapshotGroupBy.parse(groupBy ?? ""))
         var jsonGroups: [[String: Any]] = []
-        for (key, var members) in groups {
+        for g in groups {
+            let key = g.key
+            var members = g.snapshots
             members.sort { $0.time < $1.time }
             if let latest { members = Array(members.suffix(max(0, latest))) }
             if global.json {
@@ -54,48 +56,12 @@ struct Snapshots: AsyncParsableCommand {
     }
 }
 
-/// Groups snapshots by any of host, paths and tags (restic's --group-by).
-struct SnapshotGrouping {
-    var host = false, paths = false, tags = false
-
-    struct Key: Hashable, Comparable {
-        var host: String?
-        var paths: [String]?
-        var tags: [String]?
-        var description: String {
-            var parts: [String] = []
-            if let host { parts.append("host [\(host)]") }
-            if let paths { parts.append("paths [\(paths.joined(separator: ", "))]") }
-            if let tags { parts.append("tags [\(tags.joined(separator: ", "))]") }
-            return parts.isEmpty ? "all" : parts.joined(separator: ", ")
-        }
-        var json: [String: Any] {
-            var d: [String: Any] = [:]
-            if let host { d["hostname"] = host }
-            if let paths { d["paths"] = paths }
-            if let tags { d["tags"] = tags }
-            return d
-        }
-        static func < (a: Key, b: Key) -> Bool { a.description < b.description }
-    }
-
-    init(_ spec: String) throws {
-        for part in spec.split(separator: ",") {
-            switch part.trimmingCharacters(in: .whitespaces) {
-            case "host": host = true
-            case "paths": paths = true
-            case "tags": tags = true
-            case "": break
-            default: throw HavenError(.usage, "invalid --group-by \"\(part)\": use host, paths and/or tags")
-            }
-        }
-    }
-
-    func key(_ s: Snapshot) -> Key {
-        Key(host: host ? s.hostname : nil, paths: paths ? s.paths.sorted() : nil, tags: tags ? s.tags.sorted() : nil)
-    }
-
-    func group(_ snaps: [Snapshot]) -> [(Key, [Snapshot])] {
-        Dictionary(grouping: snaps, by: key).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+extension SnapshotGroupKey {
+    var json: [String: Any] {
+        var d: [String: Any] = [:]
+        if let hostname { d["hostname"] = hostname }
+        if let paths { d["paths"] = paths }
+        if let tags { d["tags"] = tags }
+        return d
     }
 }
