@@ -525,14 +525,53 @@ public final class Archiver: Sendable {
 
     /// Reads a stream to its end, cutting chunks and saving new ones. Returns the content IDs and size.
     func saveStream(descriptor fd: Int32, path: String, expectedSize: UInt64?) async throws -> ([ID], UInt64) {
+        // Most files are smaller than the minimum chunk size: read them in one exactly sized buffer, skip
+        // the chunker (it cannot cut before the minimum), and allocate nothing else.
+        var prefix: [UInt8] = []
+        if let expectedSize, expectedSize < UInt64(Chunker.minSize) {
+            let capacity = Int(expectedSize) + 1
+            let data = try [UInt8](unsafeUninitializedCapacity: capacity) { buf, count in
+                count = try Self.readFully(fd, UnsafeMutableRawBufferPointer(buf))
+            }
+            progress.update { $0.bytesDone += UInt64(data.count) }
+            if data.count < capacity {
+                // End of file reached: the whole file is one chunk (or empty).
+                guard !data.isEmpty else { return ([], 0) }
+                let id = ID.hash(data)
+                try await writer.save(.data, id: id, plaintext: data)
+                return ([id], UInt64(data.count))
+            }
+            prefix = data  // the file grew while we read it: go on with the chunker
+        }
+        return try await chunkStream(descriptor: fd, prefix: prefix)
+    }
+
+    /// Fills `buffer` from `fd` until it is full or the stream ends; returns the bytes read.
+    static func readFully(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        var done = 0
+        while done < buffer.count {
+            let r = read(fd, buffer.baseAddress! + done, buffer.count - done)
+            if r < 0 {
+                if errno == EINTR { continue }
+                throw SourceReadError(message: "cannot read: \(Errno(errno))")
+            }
+            if r == 0 { break }
+            done += r
+        }
+        return done
+    }
+
+    /// Cuts a stream into chunks with the repository's chunker and saves them, a few at a time.
+    /// `prefix` holds bytes already read from the stream.
+    func chunkStream(descriptor fd: Int32, prefix: [UInt8]) async throws -> ([ID], UInt64) {
         var chunker = Chunker(polynomial: repository.config.chunkerPolynomial)
         let readSize = 1 << 20
-        var readBuffer = [UInt8](repeating: 0, count: readSize)
+        // Uninitialized: every byte used is first written by read(2).
+        var readBuffer = [UInt8](unsafeUninitializedCapacity: readSize) { _, count in count = readSize }
         var current: [UInt8] = []
-        current.reserveCapacity(Int(min(expectedSize ?? UInt64(Chunker.maxSize), UInt64(Chunker.maxSize))))
+        current.reserveCapacity(Chunker.minSize * 2)
         var total: UInt64 = 0
         var ids: [ID?] = []
-        var eof = false
         try await withThrowingTaskGroup(of: (Int, ID).self) { group in
             var inFlight = 0
             func submit(_ chunk: [UInt8]) async throws {
@@ -550,38 +589,38 @@ public final class Archiver: Sendable {
                 }
                 inFlight += 1
             }
-            while !eof {
-                try Task.checkCancellation()
-                let n = readBuffer.withUnsafeMutableBytes { buf -> Int in
-                    while true {
-                        let r = read(fd, buf.baseAddress, readSize)
-                        if r < 0 && errno == EINTR { continue }
-                        return r
-                    }
-                }
-                if n < 0 {
-                    throw SourceReadError(message: "cannot read: \(Errno(errno))")
-                }
-                if n == 0 { eof = true; break }
-                total += UInt64(n)
-                progress.update { $0.bytesDone += UInt64(n) }
-                var start = 0
-                while start < n {
-                    let cut = readBuffer.withUnsafeBytes { buf in
-                        chunker.nextBoundary(in: UnsafeRawBufferPointer(rebasing: buf[start..<n]))
+            /// Feeds `bytes[range]` (the next part of the stream) to the chunker, submitting finished chunks.
+            func feed(_ bytes: [UInt8], _ range: Range<Int>) async throws {
+                var start = range.lowerBound
+                while start < range.upperBound {
+                    let cut = bytes.withUnsafeBytes { buf in
+                        chunker.nextBoundary(in: UnsafeRawBufferPointer(rebasing: buf[start..<range.upperBound]))
                     }
                     if let cut {
-                        current.append(contentsOf: readBuffer[start..<(start + cut)])
+                        current.append(contentsOf: bytes[start..<(start + cut)])
                         let chunk = current
                         current = []
-                        current.reserveCapacity(Chunker.maxSize / 4)
+                        current.reserveCapacity(Chunker.minSize * 2)
                         try await submit(chunk)
                         start += cut
                     } else {
-                        current.append(contentsOf: readBuffer[start..<n])
-                        start = n
+                        current.append(contentsOf: bytes[start..<range.upperBound])
+                        start = range.upperBound
                     }
                 }
+            }
+            if !prefix.isEmpty {
+                total += UInt64(prefix.count)
+                try await feed(prefix, 0..<prefix.count)
+            }
+            while true {
+                try Task.checkCancellation()
+                let n = try readBuffer.withUnsafeMutableBytes { try Self.readFully(fd, $0) }
+                if n == 0 { break }
+                total += UInt64(n)
+                progress.update { $0.bytesDone += UInt64(n) }
+                try await feed(readBuffer, 0..<n)
+                if n < readSize { break }
             }
             if !current.isEmpty { try await submit(current) }
             for try await (j, id) in group { ids[j] = id }

@@ -1,16 +1,60 @@
 import CZstd
+import Synchronization
+
+/// A few reusable zstd contexts. Creating a context costs about a megabyte of fresh memory (an mmap and
+/// page faults), far more than compressing a small blob, so contexts are kept and shared.
+final class ZstdContextPool: Sendable {
+    private struct Contexts: @unchecked Sendable {  // raw pointers, only touched under the mutex
+        var compress: [OpaquePointer] = []
+        var decompress: [OpaquePointer] = []
+    }
+    private let contexts = Mutex(Contexts())
+    private let limit = 16
+
+    static let shared = ZstdContextPool()
+
+    func withCompressionContext<R>(_ body: (OpaquePointer) -> R) -> R {
+        let ctx = contexts.withLock { $0.compress.popLast() } ?? ZSTD_createCCtx()!
+        defer {
+            let kept = contexts.withLock { c -> Bool in
+                guard c.compress.count < limit else { return false }
+                c.compress.append(ctx)
+                return true
+            }
+            if !kept { ZSTD_freeCCtx(ctx) }
+        }
+        return body(ctx)
+    }
+
+    func withDecompressionContext<R>(_ body: (OpaquePointer) throws -> R) rethrows -> R {
+        let ctx = contexts.withLock { $0.decompress.popLast() } ?? ZSTD_createDCtx()!
+        // A context that failed mid-stream is reset before reuse.
+        ZSTD_DCtx_reset(ctx, ZSTD_reset_session_only)
+        defer {
+            let kept = contexts.withLock { c -> Bool in
+                guard c.decompress.count < limit else { return false }
+                c.decompress.append(ctx)
+                return true
+            }
+            if !kept { ZSTD_freeDCtx(ctx) }
+        }
+        return try body(ctx)
+    }
+}
 
 /// zstd compression as restic v2 uses it: whole frames with the content size recorded.
 public enum Zstd {
     /// Compresses `input` at `level` (restic's "auto" is close to level 3, "max" to level 19).
     public static func compress(_ input: UnsafeRawBufferPointer, level: Int32) -> [UInt8] {
         let bound = ZSTD_compressBound(input.count)
-        var out = [UInt8](repeating: 0, count: bound)
-        let n = out.withUnsafeMutableBytes { dst in
-            ZSTD_compress(dst.baseAddress, bound, input.baseAddress, input.count, level)
+        var n = 0
+        let out = [UInt8](unsafeUninitializedCapacity: bound) { dst, count in
+            n = ZstdContextPool.shared.withCompressionContext { ctx in
+                ZSTD_compressCCtx(ctx, dst.baseAddress, bound, input.baseAddress, input.count, level)
+            }
+            count = ZSTD_isError(n) == 0 ? n : 0
         }
         precondition(ZSTD_isError(n) == 0, "zstd compression failed: \(String(cString: ZSTD_getErrorName(n)))")
-        out.removeLast(bound - n)
         return out
     }
 
@@ -34,8 +78,13 @@ public enum Zstd {
                 capacity = min(limit, max(input.count * 4, 1 << 16))
             }
         }
-        guard let dctx = ZSTD_createDCtx() else { throw HavenError(.fatal, "zstd: out of memory") }
-        defer { ZSTD_freeDCtx(dctx) }
+        return try ZstdContextPool.shared.withDecompressionContext { dctx in
+            try decompress(input, context: dctx, capacity: capacity, limit: limit, expectedSize: expectedSize)
+        }
+    }
+
+    private static func decompress(_ input: UnsafeRawBufferPointer, context dctx: OpaquePointer, capacity: Int,
+                                   limit: Int, expectedSize: Int?) throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: max(capacity, 1))
         var produced = 0
         var inBuf = ZSTD_inBuffer(src: input.baseAddress, size: input.count, pos: 0)

@@ -81,7 +81,8 @@ public final class BlobWriter: Sendable {
 
     func append(_ type: BlobType, id: ID, sealed: [UInt8], uncompressedLength: UInt32, plaintextCount: Int) async throws -> Bool {
         let full: OpenPack? = state.withLock { s in
-            var pack = s.open[type] ?? OpenPack()
+            // Take the pack out of the dictionary so appending does not copy the whole buffer.
+            var pack = s.open.removeValue(forKey: type) ?? OpenPack()
             if pack.bytes.isEmpty { pack.bytes.reserveCapacity(packSize + sealed.count + 4096) }
             pack.blobs.append(PackedBlob(id: id, type: type, offset: UInt32(pack.bytes.count), length: UInt32(sealed.count), uncompressedLength: uncompressedLength))
             pack.bytes.append(contentsOf: sealed)
