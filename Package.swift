@@ -11,6 +11,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
@@ -28,10 +29,20 @@ let package = Package(
             name: "haven",
             dependencies: [
                 "HavenCore",
+                "HavenStorageS3",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .target(name: "HavenTestSupport", dependencies: ["HavenCore"]),
+        .target(
+            name: "HavenStorageS3",
+            dependencies: [
+                "HavenCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        .testTarget(name: "HavenStorageS3Tests", dependencies: ["HavenStorageS3", "HavenCore", "HavenTestSupport"]),
         .testTarget(name: "HavenCoreTests", dependencies: ["HavenCore", "HavenTestSupport"]),
         .testTarget(name: "HavenCLITests", dependencies: ["HavenCore", "HavenTestSupport"]),
     ],

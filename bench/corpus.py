@@ -3,7 +3,8 @@
 
 All operations are deterministic (seeded), so every tool sees byte-identical trees.
 
-  corpus.py copy-subset SRC DST LIMIT_BYTES   copy files of SRC (sorted walk) into DST until LIMIT_BYTES
+  corpus.py copy-subset SRC DST LIMIT_BYTES   copy files of SRC (sorted walk, none over LIMIT/8) into DST
+                                              until LIMIT_BYTES
   corpus.py tiny DST COUNT [SEED]             COUNT tiny text files in nested directories
   corpus.py mutate DIR [SEED]                 change ~5% of DIR: overwrite, delete and add files
   corpus.py sync SRC DST                      make DST's content equal to SRC, rewriting only what differs
@@ -46,6 +47,8 @@ def copy_subset(src, dst, limit):
             if stat.S_ISLNK(st.st_mode):
                 os.symlink(os.readlink(s), d)
             elif stat.S_ISREG(st.st_mode):
+                if st.st_size > limit // 8:
+                    continue    # a subset of many files, not two or three huge ones
                 shutil.copy2(s, d)
                 total += st.st_size
             if total >= limit:

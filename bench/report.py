@@ -70,10 +70,12 @@ def ratio(a, b):
 def fmt_ratio(r, target):
     if r is None:
         return "—"
-    mark = ""
+    text, mark = f"{r:.2f}", ""
     if target is not None:
         mark = " ✅" if r <= target else " ❌"
-    return f"{r:.2f}{mark}"
+        if (float(text) <= target) != (r <= target):
+            text = f"{r:.3f}"    # rounding would hide which side of the target it is on
+    return f"{text}{mark}"
 
 
 def main(outdir, results_md):
@@ -116,7 +118,8 @@ def main(outdir, results_md):
     out.append(f"- borg: {meta.get('borg_version', '?')} (`-e repokey`, `--compression zstd,3`)")
     out.append(f"- Mode: {meta.get('mode', '?')}; rounds: {meta.get('rounds', '?')} (median shown); "
                f"corpora: {meta.get('corpora', '?')}; total run time {meta.get('elapsed', '?')}")
-    out.append("- Page cache warm: the source tree is read once before each tool's first backup.")
+    out.append("- Page cache warm: each tool gets a fresh copy of the corpus at the same path, read once before its "
+               "first backup (and again after the change to the next version).")
     out.append("- Cells are `wall / CPU (user+sys) / peak RSS`; ratios are Haven ÷ restic, ✅ = meets the target "
                "from the performance issue, ❌ = misses it.\n")
 
@@ -187,7 +190,8 @@ def main(outdir, results_md):
         for n in names:
             rs = [summary.get((n, s), (None, None))[1] for s, _, _ in STEPS]
             rs = [x for x in rs if x is not None]
-            worst.append(max(rs) if rs else None)
+            incomplete = any((n, "haven", s) in failures or (n, "restic", s) in failures for s, _, _ in STEPS)
+            worst.append(None if incomplete or not rs else max(rs))
         out.append(f"| peak RSS, worst step | ≤ {RSS_TARGET:.2f} | " +
                    " | ".join(fmt_ratio(w, RSS_TARGET) for w in worst) + " |")
         out.append("")

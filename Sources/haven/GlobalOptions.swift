@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import HavenCore
+import HavenStorageS3
 
 /// Options every command accepts, in restic's spelling.
 struct GlobalOptions: ParsableArguments {
@@ -28,7 +29,11 @@ struct GlobalOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Cache directory (accepted for restic compatibility).", valueName: "DIR"))
     var cacheDir: String?
 
-    static let valueOptions: Set<String> = ["-r", "--repo", "--password-file", "--password-command", "--cache-dir"]
+    @Option(name: [.customShort("o"), .customLong("option")],
+            help: ArgumentHelp("Backend option: s3.storage-class=CLASS (repeatable).", valueName: "KEY=VALUE"))
+    var backendOptions: [String] = []
+
+    static let valueOptions: Set<String> = ["-r", "--repo", "--password-file", "--password-command", "--cache-dir", "-o", "--option"]
     static let flagOptions: Set<String> = ["--json", "-q", "--quiet", "-v", "--verbose", "--no-lock"]
 
     /// Moves global options written before the command name to the end (before any `--`), so that
@@ -70,11 +75,30 @@ struct GlobalOptions: ParsableArguments {
         throw HavenError(.usage, "no repository given: use -r/--repo or set HAVEN_REPOSITORY")
     }
 
-    static func storage(for location: String) throws -> any Storage {
-        if location.hasPrefix("s3:") || location.hasPrefix("sftp:") || location.hasPrefix("rest:")
+    /// Parses `-o key=value` options; unknown keys are an error naming the known ones.
+    static func parseBackendOptions(_ list: [String]) throws -> [String: String] {
+        var out: [String: String] = [:]
+        for item in list {
+            guard let eq = item.firstIndex(of: "=") else {
+                throw HavenError(.usage, "invalid -o \"\(item)\": use KEY=VALUE, e.g. -o s3.storage-class=STANDARD_IA")
+            }
+            let key = String(item[..<eq])
+            guard ["s3.storage-class"].contains(key) else {
+                throw HavenError(.usage, "unknown -o option \"\(key)\": the known option is s3.storage-class")
+            }
+            out[key] = String(item[item.index(after: eq)...])
+        }
+        return out
+    }
+
+    static func storage(for location: String, options: [String: String] = [:]) throws -> any Storage {
+        if location.hasPrefix("s3:") {
+            return try S3Storage(url: location, storageClass: options["s3.storage-class"])
+        }
+        if location.hasPrefix("rest:")
             || location.hasPrefix("b2:") || location.hasPrefix("azure:") || location.hasPrefix("gs:") || location.hasPrefix("rclone:") {
             let scheme = location.prefix { $0 != ":" }
-            throw HavenError(.unsupported, "\(scheme) repositories are not supported yet; this version of Haven supports local repositories only")
+            throw HavenError(.unsupported, "\(scheme) repositories are not supported yet; Haven supports local paths and s3:")
         }
         var path = location
         if path.hasPrefix("local:") { path.removeFirst(6) }
@@ -83,7 +107,9 @@ struct GlobalOptions: ParsableArguments {
         return LocalStorage(path: path)
     }
 
-    func storage() throws -> any Storage { try Self.storage(for: try repositoryLocation()) }
+    func storage() throws -> any Storage {
+        try Self.storage(for: try repositoryLocation(), options: try Self.parseBackendOptions(backendOptions))
+    }
 
     /// The password from (in order) --password-command, --password-file, the environment, or a prompt.
     func password(prompt: String = "enter password for repository: ", confirm: Bool = false) throws -> String {

@@ -1,0 +1,348 @@
+import AsyncHTTPClient
+import Crypto
+import Foundation
+import HavenCore
+import NIOCore
+import NIOHTTP1
+
+/// A repository in an S3 bucket (AWS, MinIO, SeaweedFS, ...), laid out like restic's: `<prefix>/data/ab/<id>`,
+/// `<prefix>/keys/<id>`, `<prefix>/config`, ...
+///
+/// Owns one HTTP client; call `shutdown()` when done (a forgotten shutdown is done in the background on deinit).
+public final class S3Storage: Storage, @unchecked Sendable {
+    public let endpoint: S3Location
+    public let credentials: S3Credentials
+    /// Sent as x-amz-storage-class for data packs only (other files stay in the default class for fast access).
+    public let storageClass: String?
+    /// Objects larger than this are uploaded in parts.
+    public let multipartThreshold: Int
+    /// The size of each part of a multipart upload (at least 5 MiB for AWS).
+    public let partSize: Int
+    /// How many attempts a request gets when the server answers 5xx or the connection fails.
+    public let maxAttempts: Int
+    private let connectionCount: Int
+    private let client: HTTPClient
+    private let state = ShutdownState()
+
+    public var location: String { endpoint.description }
+    public var properties: StorageProperties { StorageProperties(connections: connectionCount, atomicReplace: true) }
+
+    public init(location: S3Location, credentials: S3Credentials, storageClass: String? = nil,
+                multipartThreshold: Int = 64 << 20, partSize: Int = 16 << 20, connections: Int = 5, maxAttempts: Int = 3,
+                connectTimeoutSeconds: Int64 = 30) {
+        self.endpoint = location
+        self.credentials = credentials
+        self.storageClass = storageClass
+        self.multipartThreshold = max(1, multipartThreshold)
+        self.partSize = max(1, partSize)
+        self.connectionCount = connections
+        self.maxAttempts = max(1, maxAttempts)
+        let config = HTTPClient.Configuration(
+            tlsConfiguration: nil,
+            redirectConfiguration: .disallow,
+            timeout: HTTPClient.Configuration.Timeout(connect: .seconds(connectTimeoutSeconds), read: .seconds(300)),
+            connectionPool: HTTPClient.Configuration.ConnectionPool(idleTimeout: .seconds(60)))
+        self.client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+    }
+
+    /// Parses a restic `s3:` location and takes credentials and region from `environment`.
+    public convenience init(url: String, environment: [String: String] = ProcessInfo.processInfo.environment,
+                            storageClass: String? = nil, pathStyle: Bool = true) throws {
+        var loc = try S3Location.parse(url, environment: environment)
+        loc.pathStyle = pathStyle
+        self.init(location: loc, credentials: try S3Credentials.fromEnvironment(environment), storageClass: storageClass)
+    }
+
+    deinit {
+        if state.markShutDown() {
+            client.shutdown { _ in }
+        }
+    }
+
+    /// Closes the HTTP client's connections. The storage cannot be used afterwards.
+    public func shutdown() async throws {
+        guard state.markShutDown() else { return }
+        try await client.shutdown()
+    }
+
+    // MARK: Storage
+
+    public func create() async throws {
+        let head = try await send(.HEAD, key: nil, what: "bucket \(endpoint.bucket)")
+        switch head.status {
+        case 200:
+            break
+        case 404:
+            var body: [UInt8] = []
+            if endpoint.region != "us-east-1" {
+                body = Array("<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><LocationConstraint>\(S3XML.escape(endpoint.region))</LocationConstraint></CreateBucketConfiguration>".utf8)
+            }
+            let r = try await send(.PUT, key: nil, body: body[...], what: "creating bucket \(endpoint.bucket)")
+            if r.status != 200 && !(r.status == 409 && r.errorCode == "BucketAlreadyOwnedByYou") {
+                throw failure(r, "creating bucket \(endpoint.bucket)")
+            }
+        default:
+            throw failure(head, "bucket \(endpoint.bucket)")
+        }
+        if try await exists(.config) {
+            throw HavenError(.invalidArgument, "a repository already exists at \(location): config file found; choose another location")
+        }
+    }
+
+    public func save(_ handle: Handle, _ data: [UInt8]) async throws {
+        let key = endpoint.key(handle.path)
+        var headers: [(String, String)] = [("content-type", "application/octet-stream")]
+        if handle.type == .pack, let storageClass { headers.append(("x-amz-storage-class", storageClass)) }
+        if data.count > multipartThreshold {
+            try await multipartUpload(handle, key: key, data: data, headers: headers)
+            return
+        }
+        let r = try await send(.PUT, key: key, headers: headers, body: data[...], what: "saving \(handle)")
+        guard r.status == 200 else { throw failure(r, "saving \(handle)") }
+    }
+
+    public func load(_ handle: Handle, offset: Int, length: Int?) async throws -> [UInt8] {
+        guard offset >= 0, (length ?? 0) >= 0 else {
+            throw HavenError(.invalidArgument, "invalid range for \(handle): offset \(offset) length \(length.map(String.init) ?? "nil")")
+        }
+        if length == 0 {
+            let size = try await stat(handle)
+            if offset > size { throw short(handle, offset: offset, wanted: 0, got: 0) }
+            return []
+        }
+        let key = endpoint.key(handle.path)
+        var headers: [(String, String)] = []
+        let ranged = offset > 0 || length != nil
+        if ranged {
+            headers.append(("range", "bytes=\(offset)-" + (length.map { String(offset + $0 - 1) } ?? "")))
+        }
+        let r = try await send(.GET, key: key, headers: headers, what: "reading \(handle)")
+        switch r.status {
+        case 200, 206:
+            var body = r.body
+            if r.status == 200 && ranged {  // the server ignored the range
+                guard offset <= body.count else { throw short(handle, offset: offset, wanted: length ?? 0, got: 0) }
+                body = Array(body[offset...])
+            }
+            if let length {
+                if body.count < length { throw short(handle, offset: offset, wanted: length, got: body.count) }
+                if body.count > length { body = Array(body[..<length]) }
+            }
+            return body
+        case 416:
+            let size = try await stat(handle)
+            if length == nil && offset == size { return [] }
+            throw short(handle, offset: offset, wanted: length ?? 0, got: max(0, size - offset))
+        default:
+            throw failure(r, "reading \(handle)")
+        }
+    }
+
+    public func stat(_ handle: Handle) async throws -> Int {
+        let r = try await send(.HEAD, key: endpoint.key(handle.path), what: "\(handle)")
+        guard r.status == 200 else { throw failure(r, "\(handle)") }
+        guard let text = r.headers.first(name: "content-length"), let size = Int(text) else {
+            throw HavenError(.io, "S3 answered HEAD for \(handle) in \(location) without a valid Content-Length")
+        }
+        return size
+    }
+
+    public func list(_ type: FileType) async throws -> [StoredFile] {
+        if type == .config {
+            do {
+                return [StoredFile(name: "config", size: try await stat(.config))]
+            } catch let e as HavenError where e.code == .notFound {
+                return []
+            }
+        }
+        let dirPrefix = endpoint.key(type.directory) + "/"
+        var out: [StoredFile] = []
+        var token: String?
+        repeat {
+            var query = [("list-type", "2"), ("prefix", dirPrefix)]
+            if let token { query.append(("continuation-token", token)) }
+            let r = try await send(.GET, key: nil, query: query, what: "listing \(type.directory)/")
+            guard r.status == 200 else { throw failure(r, "listing \(type.directory)/") }
+            let xml = String(decoding: r.body, as: UTF8.self)
+            for block in S3XML.blocks("Contents", in: xml) {
+                guard let key = S3XML.values("Key", in: block).first, key.hasPrefix(dirPrefix),
+                      let size = S3XML.values("Size", in: block).first.flatMap({ Int($0) }) else { continue }
+                let rel = key.dropFirst(dirPrefix.count)
+                if rel.isEmpty || rel.hasSuffix("/") { continue }
+                let parts = rel.split(separator: "/", omittingEmptySubsequences: false)
+                if type == .pack {
+                    guard parts.count <= 2, let name = parts.last, !name.isEmpty else { continue }
+                    out.append(StoredFile(name: String(name), size: size))
+                } else {
+                    guard parts.count == 1 else { continue }
+                    out.append(StoredFile(name: String(rel), size: size))
+                }
+            }
+            if S3XML.first("IsTruncated", in: xml) == "true" {
+                guard let next = S3XML.first("NextContinuationToken", in: xml), !next.isEmpty else {
+                    throw HavenError(.io, "S3 listing of \(type.directory)/ in \(location) is truncated but has no continuation token")
+                }
+                token = next
+            } else {
+                token = nil
+            }
+        } while token != nil
+        return out
+    }
+
+    public func remove(_ handle: Handle) async throws {
+        _ = try await stat(handle)  // S3 deletes missing keys silently; report them like the other backends
+        let r = try await send(.DELETE, key: endpoint.key(handle.path), what: "removing \(handle)")
+        guard r.status == 204 || r.status == 200 else { throw failure(r, "removing \(handle)") }
+    }
+
+    // MARK: Multipart upload
+
+    private func multipartUpload(_ handle: Handle, key: String, data: [UInt8], headers: [(String, String)]) async throws {
+        let what = "saving \(handle) (multipart)"
+        let initiated = try await send(.POST, key: key, query: [("uploads", "")], headers: headers, body: [][...], what: what)
+        guard initiated.status == 200 else { throw failure(initiated, what) }
+        guard let uploadID = S3XML.first("UploadId", in: String(decoding: initiated.body, as: UTF8.self)), !uploadID.isEmpty else {
+            throw HavenError(.io, "S3 did not return an upload ID when starting a multipart upload of \(handle) to \(location)")
+        }
+        do {
+            var etags: [String] = []
+            var start = 0
+            while start < data.count {
+                let end = min(start + partSize, data.count)
+                let number = etags.count + 1
+                let r = try await send(.PUT, key: key, query: [("partNumber", String(number)), ("uploadId", uploadID)],
+                                       body: data[start..<end], what: "\(what), part \(number)")
+                guard r.status == 200 else { throw failure(r, "\(what), part \(number)") }
+                guard let etag = r.headers.first(name: "etag") else {
+                    throw HavenError(.io, "S3 returned no ETag for part \(number) of \(handle) in \(location)")
+                }
+                etags.append(etag)
+                start = end
+            }
+            var xml = "<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
+            for (i, etag) in etags.enumerated() {
+                xml += "<Part><PartNumber>\(i + 1)</PartNumber><ETag>\(S3XML.escape(etag))</ETag></Part>"
+            }
+            xml += "</CompleteMultipartUpload>"
+            let r = try await send(.POST, key: key, query: [("uploadId", uploadID)], headers: [("content-type", "application/xml")],
+                                   body: Array(xml.utf8)[...], what: "\(what), completing")
+            // S3 may answer 200 with an error document when completion fails late.
+            guard r.status == 200, r.errorCode == nil else { throw failure(r, "\(what), completing") }
+        } catch {
+            _ = try? await send(.DELETE, key: key, query: [("uploadId", uploadID)], what: "\(what), aborting")
+            throw error
+        }
+    }
+
+    // MARK: HTTP
+
+    struct Response {
+        var status: Int
+        var headers: HTTPHeaders
+        var body: [UInt8]
+
+        var errorCode: String? {
+            guard !body.isEmpty, body.count < 1 << 20 else { return nil }
+            let text = String(decoding: body, as: UTF8.self)
+            guard text.contains("<Error>") else { return nil }
+            return S3XML.first("Code", in: text)
+        }
+        var errorMessage: String? {
+            guard !body.isEmpty, body.count < 1 << 20 else { return nil }
+            let text = String(decoding: body, as: UTF8.self)
+            guard text.contains("<Error>") else { return nil }
+            return S3XML.first("Message", in: text)
+        }
+    }
+
+    private func short(_ handle: Handle, offset: Int, wanted: Int, got: Int) -> HavenError {
+        HavenError(.corrupt, "\(handle) in \(location) is shorter than expected: wanted \(wanted) bytes at offset \(offset), got \(got)")
+    }
+
+    /// A HavenError for an unsuccessful answer.
+    func failure(_ r: Response, _ what: String) -> HavenError {
+        var detail = ""
+        if let code = r.errorCode {
+            detail = " (\(code)" + (r.errorMessage.map { ": \($0)" } ?? "") + ")"
+        }
+        switch r.status {
+        case 404:
+            return HavenError(.notFound, "\(what) not found in \(location)\(detail)")
+        case 401, 403:
+            return HavenError(.io, "access denied to \(what) in \(location) (check the credentials)\(detail)")
+        case 500...:
+            return HavenError(.io, "temporary S3 server failure (HTTP \(r.status)) for \(what) in \(location), gave up after \(maxAttempts) attempts\(detail)")
+        default:
+            return HavenError(.io, "S3 request for \(what) in \(location) failed with HTTP \(r.status)\(detail)")
+        }
+    }
+
+    /// Sends one signed request, retrying 5xx answers and connection failures with backoff.
+    func send(_ method: HTTPMethod, key: String?, query: [(String, String)] = [], headers: [(String, String)] = [],
+              body: ArraySlice<UInt8>? = nil, what: String) async throws -> Response {
+        let uriPath = endpoint.uriPath(key: key)
+        var url = "\(endpoint.scheme)://\(endpoint.hostHeader)\(uriPath)"
+        if !query.isEmpty {
+            url += "?" + query.map { (SigV4.uriEncode($0.0), SigV4.uriEncode($0.1)) }
+                .sorted { $0.0 < $1.0 }
+                .map { $0.1.isEmpty ? $0.0 : "\($0.0)=\($0.1)" }
+                .joined(separator: "&")
+        }
+        let payloadHash = body.map { SigV4.sha256Hex($0) } ?? SigV4.emptyPayloadHash
+        let buffer = body.map { ByteBuffer(bytes: $0) }
+        var attempt = 0
+        while true {
+            attempt += 1
+            let signed = SigV4.sign(method: method.rawValue, uriPath: uriPath, query: query,
+                                    headers: [("host", endpoint.hostHeader)] + headers, payloadHash: payloadHash,
+                                    credentials: credentials, region: endpoint.region, date: Date())
+            var request = HTTPClientRequest(url: url)
+            request.method = method
+            for (name, value) in signed { request.headers.add(name: name, value: value) }
+            if let buffer { request.body = .bytes(buffer) }
+            do {
+                let response = try await client.execute(request, timeout: .minutes(30))
+                let collected = try await response.body.collect(upTo: Int(Int32.max))
+                let result = Response(status: Int(response.status.code), headers: response.headers,
+                                      body: Array(collected.readableBytesView))
+                if result.status >= 500 && attempt < maxAttempts {
+                    try await backoff(attempt)
+                    continue
+                }
+                return result
+            } catch let e as HavenError {
+                throw e
+            } catch is CancellationError {
+                throw HavenError(.cancelled, "\(what) in \(location) was cancelled")
+            } catch {
+                if attempt < maxAttempts {
+                    try await backoff(attempt)
+                    continue
+                }
+                throw HavenError(.io, "temporary connection failure for \(what) to \(endpoint.scheme)://\(endpoint.hostHeader), gave up after \(maxAttempts) attempts", cause: error)
+            }
+        }
+    }
+
+    private func backoff(_ attempt: Int) async throws {
+        // 0.25 s, 1 s, 4 s, ...
+        let ms = 250 * (1 << (2 * min(attempt - 1, 4)))
+        try await Task.sleep(nanoseconds: UInt64(ms) * 1_000_000)
+    }
+}
+
+/// Remembers whether the HTTP client was shut down, so it happens exactly once.
+private final class ShutdownState: @unchecked Sendable {
+    private let lock = NSLock()
+    private var done = false
+
+    /// Marks the client as shut down; true when this call did it.
+    func markShutDown() -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        if done { return false }
+        done = true
+        return true
+    }
+}

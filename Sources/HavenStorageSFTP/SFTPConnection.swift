@@ -1,0 +1,320 @@
+import Foundation
+import HavenCore
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One outstanding request: completed once, by the reader thread, a timeout, or a connection failure.
+final class Reply: Sendable {
+    private enum State {
+        case waiting(CheckedContinuation<Response, any Error>?)
+        case done(Result<Response, HavenError>)
+    }
+    private let state = Mutex<State>(.waiting(nil))
+
+    /// Completes the reply; returns false when it was already complete.
+    @discardableResult
+    func complete(_ result: Result<Response, HavenError>) -> Bool {
+        let cont: CheckedContinuation<Response, any Error>?? = state.withLock { s in
+            guard case .waiting(let c) = s else { return .none }
+            s = .done(result)
+            return .some(c)
+        }
+        guard case .some(let c) = cont else { return false }
+        c?.resume(with: result.mapError { $0 as any Error })
+        return true
+    }
+
+    func value() async throws -> Response {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Response, any Error>) in
+            let done: Result<Response, HavenError>? = state.withLock { s in
+                switch s {
+                case .done(let r): return r
+                case .waiting: s = .waiting(c); return nil
+                }
+            }
+            if let done { c.resume(with: done.mapError { $0 as any Error }) }
+        }
+    }
+}
+
+/// An SFTP v3 session over a `ssh … -s sftp` subprocess's stdin and stdout.
+///
+/// A reader thread reads replies and hands each to the request with its id, so many requests can be
+/// outstanding at once. When ssh exits or the stream breaks, every waiting request fails with one error
+/// that carries ssh's stderr.
+final class SFTPConnection: @unchecked Sendable {
+    private struct State {
+        var nextID: UInt32 = 1
+        var pending: [UInt32: Reply] = [:]
+        var failure: HavenError?
+    }
+
+    let location: String
+    let commandLine: String
+    private let process: Process
+    private let stdinPipe: Pipe, stdoutPipe: Pipe, stderrPipe: Pipe
+    private let state = Mutex(State())
+    /// Serializes writes to ssh's stdin; true once stdin is closed.
+    private let writeLock = Mutex(false)
+    private let stderrText = Mutex<[UInt8]>([])
+    private let stderrDone = DispatchSemaphore(value: 0)
+    private let versionReply = Reply()
+    private let requestTimeout: Double
+    private let extensionsBox = Mutex<[String: String]>([:])
+
+    var extensions: [String: String] { extensionsBox.withLock { $0 } }
+    var isAlive: Bool { state.withLock { $0.failure == nil } }
+
+    private init(command: [String], location: String, requestTimeout: Double) throws {
+        self.location = location
+        self.requestTimeout = requestTimeout
+        commandLine = command.joined(separator: " ")
+        guard let first = command.first else { throw HavenError(.usage, "the SFTP command is empty") }
+        guard let executable = Self.resolve(first) else {
+            throw HavenError(.io, "cannot connect to \(location): program \"\(first)\" not found (is the OpenSSH client installed?)")
+        }
+        signal(SIGPIPE, SIG_IGN)
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = Array(command.dropFirst())
+        stdinPipe = Pipe(); stdoutPipe = Pipe(); stderrPipe = Pipe()
+        process.standardInput = stdinPipe
+        process.standardOutput = stdoutPipe
+        process.standardError = stderrPipe
+        do {
+            try process.run()
+        } catch {
+            throw HavenError(.io, "cannot start `\(commandLine)` for \(location): \(error)")
+        }
+    }
+
+    private static func resolve(_ program: String) -> String? {
+        if program.contains("/") { return FileManager.default.isExecutableFile(atPath: program) ? program : nil }
+        for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
+            let p = "\(dir)/\(program)"
+            if FileManager.default.isExecutableFile(atPath: p) { return p }
+        }
+        return nil
+    }
+
+    /// Starts the command and performs the SFTP version handshake.
+    static func open(command: [String], location: String, handshakeTimeout: Double, requestTimeout: Double) async throws -> SFTPConnection {
+        let c = try SFTPConnection(command: command, location: location, requestTimeout: requestTimeout)
+        c.startThreads()
+        var init0 = PacketWriter(type: SFTP.initType)
+        init0.u32(3)
+        c.writePacket(init0.finished())
+        let reply = c.versionReply
+        DispatchQueue.global().asyncAfter(deadline: .now() + handshakeTimeout) { [weak c] in
+            guard let c else { return }
+            let err = HavenError(.io, "SFTP handshake with \(location) timed out after \(Int(handshakeTimeout)) s (command: \(c.commandLine))\(c.stderrSuffix())")
+            if reply.complete(.failure(err)) { c.shutdown(err) }
+        }
+        let response = try await reply.value()
+        var r = response.reader
+        let version = try c.parse { try r.u32() }
+        guard version == 3 else {
+            let err = HavenError(.unsupported, "the SFTP server at \(location) speaks protocol version \(version); only version 3 is supported")
+            c.shutdown(err)
+            throw err
+        }
+        var ext: [String: String] = [:]
+        while r.remaining > 0 {
+            guard let name = try? r.text(), let value = try? r.text() else { break }
+            ext[name] = value
+        }
+        c.extensionsBox.withLock { $0 = ext }
+        return c
+    }
+
+    private func parse<T>(_ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let e as SFTPProtocolError {
+            let err = HavenError(.io, "protocol error from the SFTP server at \(location): \(e.description)")
+            shutdown(err)
+            throw err
+        }
+    }
+
+    private func startThreads() {
+        let out = stdoutPipe.fileHandleForReading.fileDescriptor
+        let errFD = stderrPipe.fileHandleForReading.fileDescriptor
+        let t1 = Thread { [self] in readLoop(out) }
+        t1.name = "haven-sftp-reader"
+        t1.start()
+        let t2 = Thread { [self] in
+            var buf = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let n = buf.withUnsafeMutableBytes { read(errFD, $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                stderrText.withLock { t in
+                    t.append(contentsOf: buf[0..<n])
+                    if t.count > 16384 { t.removeFirst(t.count - 16384) }
+                }
+            }
+            stderrDone.signal()
+        }
+        t2.name = "haven-sftp-stderr"
+        t2.start()
+    }
+
+    /// ssh's stderr so far, as ": <text>" (empty when there is none).
+    func stderrSuffix() -> String {
+        let text = stderrText.withLock { String(decoding: $0, as: UTF8.self) }
+        let lines = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty && !$0.hasPrefix("Warning: Permanently added") }
+        return lines.isEmpty ? "" : ": " + lines.joined(separator: "; ")
+    }
+
+    private func readFully(_ fd: Int32, _ count: Int) -> [UInt8]? {
+        var buf = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress! + got, count - got) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return nil }
+            got += n
+        }
+        return buf
+    }
+
+    private func readLoop(_ fd: Int32) {
+        var protocolError: String?
+        loop: while true {
+            guard let header = readFully(fd, 4) else { break }
+            let length = Int(UInt32(header[0]) << 24 | UInt32(header[1]) << 16 | UInt32(header[2]) << 8 | UInt32(header[3]))
+            guard length >= 1, length <= SFTP.maxPacket else {
+                protocolError = "packet length \(length) is outside 1...\(SFTP.maxPacket) (is the remote command an SFTP server?)"
+                break
+            }
+            guard let body = readFully(fd, length) else { break }
+            let type = body[0]
+            if type == SFTP.version {
+                versionReply.complete(.success(Response(type: type, id: 0, body: body, payloadStart: 1)))
+                continue
+            }
+            var r = PacketReader(body, position: 1)
+            guard let id = try? r.u32() else {
+                protocolError = "reply of type \(type) without a request id"
+                break loop
+            }
+            let reply = state.withLock { $0.pending.removeValue(forKey: id) }
+            // A reply for an unknown id (e.g. one that timed out) is dropped.
+            reply?.complete(.success(Response(type: type, id: id, body: body, payloadStart: 5)))
+        }
+        // The stream ended: say why, with ssh's own words.
+        let error: HavenError
+        if let protocolError {
+            terminate()
+            _ = stderrDone.wait(timeout: .now() + 2)
+            error = HavenError(.io, "protocol error from the SFTP server at \(location): \(protocolError)\(stderrSuffix())")
+        } else {
+            let deadline = Date().addingTimeInterval(5)
+            while process.isRunning && Date() < deadline { usleep(10_000) }
+            if process.isRunning { terminate() }
+            _ = stderrDone.wait(timeout: .now() + 2)
+            let status = process.isRunning ? "" : " (exit status \(process.terminationStatus))"
+            let already = state.withLock { $0.failure }
+            if let already {
+                error = already
+            } else {
+                error = HavenError(.io, "the SFTP connection to \(location) ended: `\(commandLine)` exited\(status)\(stderrSuffix())")
+            }
+        }
+        shutdown(error)
+    }
+
+    private func terminate() {
+        if process.isRunning {
+            process.terminate()
+        }
+    }
+
+    /// Fails every outstanding request with `error` and stops ssh.
+    func shutdown(_ error: HavenError) {
+        let pending = state.withLock { s -> [Reply] in
+            if s.failure == nil { s.failure = error }
+            defer { s.pending = [:] }
+            return Array(s.pending.values)
+        }
+        let err = state.withLock { $0.failure! }
+        versionReply.complete(.failure(err))
+        for p in pending { p.complete(.failure(err)) }
+        // Stop ssh first: that also unblocks a writer stuck on a full pipe, so the lock below is free soon.
+        terminate()
+        writeLock.withLock { closed in
+            if !closed { try? stdinPipe.fileHandleForWriting.close() }
+            closed = true
+        }
+    }
+
+    /// Closes the session: ssh sees end of input and exits.
+    func close() {
+        shutdown(HavenError(.io, "the SFTP connection to \(location) was closed"))
+    }
+
+    private func writePacket(_ bytes: [UInt8]) {
+        let fd = stdinPipe.fileHandleForWriting.fileDescriptor
+        let ok: Bool = writeLock.withLock { closed in
+            if closed { return false }
+            var done = 0
+            while done < bytes.count {
+                let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, bytes.count - done) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return false }
+                done += n
+            }
+            return true
+        }
+        // ssh is gone: the reader sees end of stream and fails all requests with ssh's stderr.
+        if !ok { terminate() }
+    }
+
+    /// Sends a request; `build` appends the fields after the request id. Await the reply's `value()`.
+    func send(_ type: UInt8, _ build: (inout PacketWriter) -> Void) throws -> Reply {
+        let reply = Reply()
+        let id: UInt32 = try state.withLock { s in
+            if let f = s.failure { throw f }
+            let id = s.nextID
+            s.nextID &+= 1
+            s.pending[id] = reply
+            return id
+        }
+        var w = PacketWriter(type: type)
+        w.u32(id)
+        build(&w)
+        writePacket(w.finished())
+        let timeout = requestTimeout
+        let location = self.location
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { [weak self] in
+            let err = HavenError(.io, "SFTP request to \(location) timed out after \(Int(timeout)) s")
+            if reply.complete(.failure(err)) { self?.shutdown(err) }
+        }
+        return reply
+    }
+
+    /// Sends a request and waits for its reply.
+    func request(_ type: UInt8, _ build: (inout PacketWriter) -> Void) async throws -> Response {
+        try await send(type, build).value()
+    }
+
+    /// Runs `body` on a reply, turning malformed packets into one connection error.
+    func decode<T>(_ response: Response, _ body: (inout PacketReader) throws -> T) throws -> T {
+        var r = response.reader
+        return try parse { try body(&r) }
+    }
+
+    deinit {
+        writeLock.withLock { closed in
+            if !closed { try? stdinPipe.fileHandleForWriting.close() }
+            closed = true
+        }
+        if process.isRunning { process.terminate() }
+    }
+}
