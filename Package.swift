@@ -12,10 +12,14 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
     ],
     targets: [
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .target(name: "CHavenShims"),
+        // The engine: repository format, archiver, restorer, check, prune, local storage. No server stack.
         .target(
             name: "HavenCore",
             dependencies: [
@@ -25,15 +29,6 @@ let package = Package(
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]
         ),
-        .executableTarget(
-            name: "haven",
-            dependencies: [
-                "HavenCore",
-                "HavenStorageS3",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]
-        ),
-        .target(name: "HavenTestSupport", dependencies: ["HavenCore"]),
         .target(
             name: "HavenStorageS3",
             dependencies: [
@@ -42,8 +37,44 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
-        .testTarget(name: "HavenStorageS3Tests", dependencies: ["HavenStorageS3", "HavenCore", "HavenTestSupport"]),
+        .target(name: "HavenStorageSFTP", dependencies: ["HavenCore"]),
+        // Repository URL → storage (local, s3:, sftp:), with the retry and rate-limit decorators applied.
+        .target(name: "HavenBackends", dependencies: ["HavenCore", "HavenStorageS3", "HavenStorageSFTP"]),
+        // The daemon's model: config, schedules, queue, state in SQLite, job runner, hooks, watcher.
+        .target(
+            name: "HavenDaemon",
+            dependencies: [
+                "HavenCore",
+                "HavenBackends",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // The daemon's HTTP API.
+        .target(
+            name: "HavenServer",
+            dependencies: [
+                "HavenDaemon",
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ]
+        ),
+        .executableTarget(
+            name: "haven",
+            dependencies: [
+                "HavenCore",
+                "HavenBackends",
+                "HavenDaemon",
+                "HavenServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .target(name: "HavenTestSupport", dependencies: ["HavenCore"]),
         .testTarget(name: "HavenCoreTests", dependencies: ["HavenCore", "HavenTestSupport"]),
+        .testTarget(name: "HavenStorageS3Tests", dependencies: ["HavenStorageS3", "HavenCore", "HavenTestSupport"]),
+        .testTarget(name: "HavenStorageSFTPTests", dependencies: ["HavenStorageSFTP", "HavenCore", "HavenTestSupport"]),
+        .testTarget(name: "HavenDaemonTests", dependencies: ["HavenDaemon", "HavenCore", "HavenTestSupport"]),
         .testTarget(name: "HavenCLITests", dependencies: ["HavenCore", "HavenTestSupport"]),
     ],
     swiftLanguageModes: [.v6]

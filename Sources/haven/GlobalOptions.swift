@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
 import HavenCore
-import HavenStorageS3
+import HavenBackends
 
 /// Options every command accepts, in restic's spelling.
 struct GlobalOptions: ParsableArguments {
@@ -30,7 +30,7 @@ struct GlobalOptions: ParsableArguments {
     var cacheDir: String?
 
     @Option(name: [.customShort("o"), .customLong("option")],
-            help: ArgumentHelp("Backend option: s3.storage-class=CLASS (repeatable).", valueName: "KEY=VALUE"))
+            help: ArgumentHelp("Backend option: s3.storage-class=CLASS, sftp.command=CMD (repeatable).", valueName: "KEY=VALUE"))
     var backendOptions: [String] = []
 
     static let valueOptions: Set<String> = ["-r", "--repo", "--password-file", "--password-command", "--cache-dir", "-o", "--option"]
@@ -75,40 +75,12 @@ struct GlobalOptions: ParsableArguments {
         throw HavenError(.usage, "no repository given: use -r/--repo or set HAVEN_REPOSITORY")
     }
 
-    /// Parses `-o key=value` options; unknown keys are an error naming the known ones.
-    static func parseBackendOptions(_ list: [String]) throws -> [String: String] {
-        var out: [String: String] = [:]
-        for item in list {
-            guard let eq = item.firstIndex(of: "=") else {
-                throw HavenError(.usage, "invalid -o \"\(item)\": use KEY=VALUE, e.g. -o s3.storage-class=STANDARD_IA")
-            }
-            let key = String(item[..<eq])
-            guard ["s3.storage-class"].contains(key) else {
-                throw HavenError(.usage, "unknown -o option \"\(key)\": the known option is s3.storage-class")
-            }
-            out[key] = String(item[item.index(after: eq)...])
-        }
-        return out
-    }
-
     static func storage(for location: String, options: [String: String] = [:]) throws -> any Storage {
-        if location.hasPrefix("s3:") {
-            return try S3Storage(url: location, storageClass: options["s3.storage-class"])
-        }
-        if location.hasPrefix("rest:")
-            || location.hasPrefix("b2:") || location.hasPrefix("azure:") || location.hasPrefix("gs:") || location.hasPrefix("rclone:") {
-            let scheme = location.prefix { $0 != ":" }
-            throw HavenError(.unsupported, "\(scheme) repositories are not supported yet; Haven supports local paths and s3:")
-        }
-        var path = location
-        if path.hasPrefix("local:") { path.removeFirst(6) }
-        guard !path.isEmpty else { throw HavenError(.usage, "empty repository path") }
-        if path.hasPrefix("~/"), let home = ProcessInfo.processInfo.environment["HOME"] { path = home + path.dropFirst(1) }
-        return LocalStorage(path: path)
+        try Backends.open(location, options: options)
     }
 
     func storage() throws -> any Storage {
-        try Self.storage(for: try repositoryLocation(), options: try Self.parseBackendOptions(backendOptions))
+        try Self.storage(for: try repositoryLocation(), options: try Backends.parseOptions(backendOptions))
     }
 
     /// The password from (in order) --password-command, --password-file, the environment, or a prompt.

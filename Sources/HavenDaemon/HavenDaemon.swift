@@ -1,0 +1,1 @@
+// The daemon: config, schedules, queue, state, runner.
