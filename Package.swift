@@ -64,10 +64,12 @@ let package = Package(
             name: "haven",
             dependencies: [
                 "HavenCore",
+                "CHavenShims",
                 "HavenBackends",
                 "HavenDaemon",
                 "HavenServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ]
         ),
         .target(name: "HavenTestSupport", dependencies: ["HavenCore"]),
@@ -75,7 +77,23 @@ let package = Package(
         .testTarget(name: "HavenStorageS3Tests", dependencies: ["HavenStorageS3", "HavenCore", "HavenTestSupport"]),
         .testTarget(name: "HavenStorageSFTPTests", dependencies: ["HavenStorageSFTP", "HavenCore", "HavenTestSupport"]),
         .testTarget(name: "HavenDaemonTests", dependencies: ["HavenDaemon", "HavenCore", "HavenTestSupport"]),
-        .testTarget(name: "HavenCLITests", dependencies: ["HavenCore", "HavenTestSupport"]),
+        .testTarget(
+            name: "HavenCLITests",
+            dependencies: [
+                "HavenCore", "HavenTestSupport", "HavenDaemon",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ]
+        ),
+        .testTarget(
+            name: "HavenServerTests",
+            dependencies: [
+                "HavenServer",
+                "HavenDaemon",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -2,6 +2,57 @@
 #include <fcntl.h>
 #include <fcntl.h>
 #include "CHavenShims.h"
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 int haven_o_noatime(void) { return O_NOATIME; }
 int haven_fadvise_sequential(int fd) { return posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL); }
+
+int haven_set_parent_death_signal(int sig) {
+#ifdef __linux__
+    return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0);
+#else
+    (void)sig;
+    return -1;
+#endif
+}
+
+#define HAVEN_MAX_SIGNAL 65
+#define HAVEN_MAX_PIPES 8
+static volatile int haven_signal_fds[HAVEN_MAX_SIGNAL][HAVEN_MAX_PIPES];
+static volatile int haven_signal_fd_count[HAVEN_MAX_SIGNAL];
+
+static void haven_on_signal(int sig) {
+    int saved = errno;
+    if (sig > 0 && sig < HAVEN_MAX_SIGNAL) {
+        unsigned char b = (unsigned char)sig;
+        for (int i = 0; i < haven_signal_fd_count[sig]; i++) {
+            ssize_t r = write(haven_signal_fds[sig][i], &b, 1);
+            (void)r;
+        }
+    }
+    errno = saved;
+}
+
+int haven_signal_pipe(int sig) {
+    if (sig <= 0 || sig >= HAVEN_MAX_SIGNAL || haven_signal_fd_count[sig] >= HAVEN_MAX_PIPES) return -1;
+    int fds[2];
+    if (pipe(fds) != 0) return -1;
+    fcntl(fds[0], F_SETFD, FD_CLOEXEC);
+    fcntl(fds[1], F_SETFD, FD_CLOEXEC);
+    fcntl(fds[1], F_SETFL, O_NONBLOCK);
+    haven_signal_fds[sig][haven_signal_fd_count[sig]] = fds[1];
+    haven_signal_fd_count[sig] += 1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = haven_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    if (sigaction(sig, &sa, NULL) != 0) return -1;
+    return fds[0];
+}

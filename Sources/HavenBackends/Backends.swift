@@ -13,7 +13,13 @@ public enum Backends {
     public static let knownOptions: [String: String] = [
         "s3.storage-class": "storage class of data packs, e.g. STANDARD_IA",
         "sftp.command": "command that starts the SFTP session, replacing `ssh HOST -s sftp`",
+        "local.connections": "parallel file operations on a local repository (default 2)",
+        "s3.connections": "parallel S3 requests (default 5)",
+        "sftp.connections": "parallel SFTP operations",
     ]
+
+    /// The `*.connections` options, which take a count.
+    static let connectionOptions: Set<String> = ["local.connections", "s3.connections", "sftp.connections"]
 
     /// Parses `-o key=value` options; unknown keys are an error naming the known ones.
     public static func parseOptions(_ list: [String]) throws -> [String: String] {
@@ -26,22 +32,74 @@ public enum Backends {
             guard isKnownOption(key) else {
                 throw HavenError(.usage, "unknown -o option \"\(key)\": known options are \(knownOptions.keys.sorted().joined(separator: ", "))")
             }
-            out[key] = String(item[item.index(after: eq)...])
+            let value = String(item[item.index(after: eq)...])
+            if connectionOptions.contains(key) {
+                guard let n = Int(value), (1...128).contains(n) else {
+                    throw HavenError(.usage, "invalid -o \(key)=\(value): give a number of connections from 1 to 128, e.g. -o \(key)=4")
+                }
+            }
+            out[key] = value
         }
         return out
     }
 
     static func isKnownOption(_ key: String) -> Bool { knownOptions[key] != nil }
 
+    /// How `open` wraps a backend: retries of transient failures, transfer rate limits.
+    public struct Decorations: Sendable {
+        /// nil: no retries (failures surface at once).
+        public var retry: RetryPolicy?
+        /// Called with one line per retry (the CLI prints it as a warning with --verbose).
+        public var retryLog: @Sendable (String) -> Void
+        /// Bytes per second; nil means unlimited.
+        public var uploadBytesPerSecond: Int?
+        public var downloadBytesPerSecond: Int?
+
+        public init(retry: RetryPolicy? = RetryPolicy(), retryLog: @escaping @Sendable (String) -> Void = { _ in },
+                    uploadBytesPerSecond: Int? = nil, downloadBytesPerSecond: Int? = nil) {
+            self.retry = retry
+            self.retryLog = retryLog
+            self.uploadBytesPerSecond = uploadBytesPerSecond
+            self.downloadBytesPerSecond = downloadBytesPerSecond
+        }
+    }
+
     /// The storage for `location`. Remote backends own network resources: release them with `close(_:)`.
+    ///
+    /// The backend is wrapped, innermost first, in: the rate limiter (so the bytes are counted next to the
+    /// transfer, each attempt again), the connection limit (`-o *.connections`), and the retrying storage
+    /// (outermost, so a retry waits for a connection and for its bytes like any other request).
     public static func open(_ location: String, options: [String: String] = [:],
-                            environment: [String: String] = ProcessInfo.processInfo.environment) throws -> any Storage {
+                            environment: [String: String] = ProcessInfo.processInfo.environment,
+                            decorations: Decorations = Decorations()) throws -> any Storage {
+        let (base, connectionKey) = try openBase(location, options: options, environment: environment,
+                                                 retrying: decorations.retry != nil)
+        var storage: any Storage = base
+        if decorations.uploadBytesPerSecond != nil || decorations.downloadBytesPerSecond != nil {
+            storage = RateLimitedStorage(storage, uploadBytesPerSecond: decorations.uploadBytesPerSecond,
+                                         downloadBytesPerSecond: decorations.downloadBytesPerSecond)
+        }
+        if let n = options[connectionKey].flatMap({ Int($0) }) {
+            storage = ConcurrencyLimitedStorage(storage, connections: n)
+        }
+        if let policy = decorations.retry {
+            storage = RetryingStorage(storage, policy: policy, log: decorations.retryLog)
+        }
+        return storage
+    }
+
+    /// The bare backend and the name of its `-o *.connections` option.
+    static func openBase(_ location: String, options: [String: String], environment: [String: String],
+                         retrying: Bool) throws -> (any Storage, String) {
         if location.hasPrefix("s3:") {
-            return try S3Storage(url: location, environment: environment, storageClass: options["s3.storage-class"])
+            // With the retry decorator in place, S3Storage makes one attempt per request (no double retries).
+            let connections = options["s3.connections"].flatMap { Int($0) } ?? 5
+            return (try S3Storage(url: location, environment: environment, storageClass: options["s3.storage-class"],
+                                  connections: connections, maxAttempts: retrying ? 1 : 3), "s3.connections")
         }
         if location.hasPrefix("sftp:") {
             let command = try options["sftp.command"].map(splitCommand)
-            return try SFTPStorage(url: location, command: command)
+            return (try SFTPStorage(url: location, command: command), "sftp.connections")
         }
         for scheme in ["rest", "b2", "azure", "gs", "rclone", "swift"] where location.hasPrefix(scheme + ":") {
             throw HavenError(.unsupported, "\(scheme): repositories are not supported; Haven supports local paths, s3: and sftp:")
@@ -50,11 +108,12 @@ public enum Backends {
         if path.hasPrefix("local:") { path.removeFirst(6) }
         guard !path.isEmpty else { throw HavenError(.usage, "empty repository path") }
         if path.hasPrefix("~/"), let home = environment["HOME"] { path = home + path.dropFirst(1) }
-        return LocalStorage(path: path)
+        return (LocalStorage(path: path), "local.connections")
     }
 
-    /// Releases what a remote backend holds (HTTP clients, SSH processes). Safe on any storage.
+    /// Releases what a remote backend holds (HTTP clients, SSH processes). Safe on any storage, decorated or not.
     public static func close(_ storage: any Storage) async {
+        let storage = undecorated(storage)
         if let s3 = storage as? S3Storage { try? await s3.shutdown() }
         if let sftp = storage as? SFTPStorage { await sftp.close() }
     }

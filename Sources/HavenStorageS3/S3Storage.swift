@@ -46,11 +46,16 @@ public final class S3Storage: Storage, @unchecked Sendable {
     }
 
     /// Parses a restic `s3:` location and takes credentials and region from `environment`.
+    ///
+    /// `maxAttempts` 1 leaves retrying to a wrapping `RetryingStorage` (failures are then marked transient
+    /// or not, and not retried here).
     public convenience init(url: String, environment: [String: String] = ProcessInfo.processInfo.environment,
-                            storageClass: String? = nil, pathStyle: Bool = true) throws {
+                            storageClass: String? = nil, pathStyle: Bool = true, connections: Int = 5,
+                            maxAttempts: Int = 3) throws {
         var loc = try S3Location.parse(url, environment: environment)
         loc.pathStyle = pathStyle
-        self.init(location: loc, credentials: try S3Credentials.fromEnvironment(environment), storageClass: storageClass)
+        self.init(location: loc, credentials: try S3Credentials.fromEnvironment(environment), storageClass: storageClass,
+                  connections: connections, maxAttempts: maxAttempts)
     }
 
     deinit {
@@ -260,7 +265,9 @@ public final class S3Storage: Storage, @unchecked Sendable {
         HavenError(.corrupt, "\(handle) in \(location) is shorter than expected: wanted \(wanted) bytes at offset \(offset), got \(got)")
     }
 
-    /// A HavenError for an unsuccessful answer.
+    private var gaveUp: String { maxAttempts > 1 ? ", gave up after \(maxAttempts) attempts" : "" }
+
+    /// A HavenError for an unsuccessful answer. 5xx, 429 and 408 answers are marked transient.
     func failure(_ r: Response, _ what: String) -> HavenError {
         var detail = ""
         if let code = r.errorCode {
@@ -271,8 +278,11 @@ public final class S3Storage: Storage, @unchecked Sendable {
             return HavenError(.notFound, "\(what) not found in \(location)\(detail)")
         case 401, 403:
             return HavenError(.io, "access denied to \(what) in \(location) (check the credentials)\(detail)")
-        case 500...:
-            return HavenError(.io, "temporary S3 server failure (HTTP \(r.status)) for \(what) in \(location), gave up after \(maxAttempts) attempts\(detail)")
+        case 500..., 429:
+            return HavenError(.io, "temporary S3 server failure (HTTP \(r.status)) for \(what) in \(location)\(gaveUp)\(detail)",
+                              transient: true)
+        case 408:
+            return HavenError(.io, "S3 request for \(what) in \(location) timed out (HTTP 408)\(gaveUp)\(detail)", transient: true)
         default:
             return HavenError(.io, "S3 request for \(what) in \(location) failed with HTTP \(r.status)\(detail)")
         }
@@ -306,7 +316,7 @@ public final class S3Storage: Storage, @unchecked Sendable {
                 let collected = try await response.body.collect(upTo: Int(Int32.max))
                 let result = Response(status: Int(response.status.code), headers: response.headers,
                                       body: Array(collected.readableBytesView))
-                if result.status >= 500 && attempt < maxAttempts {
+                if (result.status >= 500 || result.status == 429 || result.status == 408) && attempt < maxAttempts {
                     try await backoff(attempt)
                     continue
                 }
@@ -320,7 +330,8 @@ public final class S3Storage: Storage, @unchecked Sendable {
                     try await backoff(attempt)
                     continue
                 }
-                throw HavenError(.io, "temporary connection failure for \(what) to \(endpoint.scheme)://\(endpoint.hostHeader), gave up after \(maxAttempts) attempts", cause: error)
+                throw HavenError(.io, "temporary connection failure for \(what) to \(endpoint.scheme)://\(endpoint.hostHeader)\(gaveUp)",
+                                 cause: error, transient: true)
             }
         }
     }

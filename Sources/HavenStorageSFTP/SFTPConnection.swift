@@ -50,13 +50,16 @@ final class SFTPConnection: @unchecked Sendable {
     private struct State {
         var nextID: UInt32 = 1
         var pending: [UInt32: Reply] = [:]
+        /// The most requests ever outstanding at once (shows that transfers are pipelined).
+        var peakPending = 0
         var failure: HavenError?
     }
 
     let location: String
     let commandLine: String
-    private let process: Process
-    private let stdinPipe: Pipe, stdoutPipe: Pipe, stderrPipe: Pipe
+    private let child: ChildProcess
+    /// True once the server's VERSION reply arrived.
+    private let connected = Mutex(false)
     private let state = Mutex(State())
     /// Serializes writes to ssh's stdin; true once stdin is closed.
     private let writeLock = Mutex(false)
@@ -68,6 +71,7 @@ final class SFTPConnection: @unchecked Sendable {
 
     var extensions: [String: String] { extensionsBox.withLock { $0 } }
     var isAlive: Bool { state.withLock { $0.failure == nil } }
+    var peakOutstandingRequests: Int { state.withLock { $0.peakPending } }
 
     private init(command: [String], location: String, requestTimeout: Double) throws {
         self.location = location
@@ -78,17 +82,10 @@ final class SFTPConnection: @unchecked Sendable {
             throw HavenError(.io, "cannot connect to \(location): program \"\(first)\" not found (is the OpenSSH client installed?)")
         }
         signal(SIGPIPE, SIG_IGN)
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = Array(command.dropFirst())
-        stdinPipe = Pipe(); stdoutPipe = Pipe(); stderrPipe = Pipe()
-        process.standardInput = stdinPipe
-        process.standardOutput = stdoutPipe
-        process.standardError = stderrPipe
         do {
-            try process.run()
-        } catch {
-            throw HavenError(.io, "cannot start `\(commandLine)` for \(location): \(error)")
+            child = try ChildProcess(executable: executable, arguments: Array(command.dropFirst()))
+        } catch let e as HavenError {
+            throw HavenError(.io, "cannot start `\(commandLine)` for \(location): \(e.message)")
         }
     }
 
@@ -111,7 +108,8 @@ final class SFTPConnection: @unchecked Sendable {
         let reply = c.versionReply
         DispatchQueue.global().asyncAfter(deadline: .now() + handshakeTimeout) { [weak c] in
             guard let c else { return }
-            let err = HavenError(.io, "SFTP handshake with \(location) timed out after \(Int(handshakeTimeout)) s (command: \(c.commandLine))\(c.stderrSuffix())")
+            let err = HavenError(.io, "SFTP handshake with \(location) timed out after \(Int(handshakeTimeout)) s (command: \(c.commandLine))\(c.stderrSuffix())",
+                                transient: true)
             if reply.complete(.failure(err)) { c.shutdown(err) }
         }
         let response = try await reply.value()
@@ -128,7 +126,25 @@ final class SFTPConnection: @unchecked Sendable {
             ext[name] = value
         }
         c.extensionsBox.withLock { $0 = ext }
+        if ext["limits@openssh.com"] != nil { try await c.negotiateLimits() }
         return c
+    }
+
+    /// Bytes per READ and per WRITE request. 32 KiB is what every SFTP v3 server must accept; OpenSSH
+    /// announces larger limits through its limits@openssh.com extension.
+    private let chunkSizes = Mutex((read: SFTP.minimumChunk, write: SFTP.minimumChunk))
+    var readChunk: Int { chunkSizes.withLock { $0.read } }
+    var writeChunk: Int { chunkSizes.withLock { $0.write } }
+
+    private func negotiateLimits() async throws {
+        let r = try await request(SFTP.extended) { $0.string("limits@openssh.com") }
+        guard r.type == SFTP.extendedReply else { return }
+        let (_, maxRead, maxWrite) = try decode(r) { r in (try r.u64(), try r.u64(), try r.u64()) }
+        // Stay inside what our reader accepts (a reply carries the data plus a small header).
+        func usable(_ v: UInt64) -> Int {
+            v == 0 ? SFTP.minimumChunk : max(SFTP.minimumChunk, min(Int(clamping: v), SFTP.maximumChunk))
+        }
+        chunkSizes.withLock { $0 = (usable(maxRead), usable(maxWrite)) }
     }
 
     private func parse<T>(_ body: () throws -> T) throws -> T {
@@ -142,8 +158,8 @@ final class SFTPConnection: @unchecked Sendable {
     }
 
     private func startThreads() {
-        let out = stdoutPipe.fileHandleForReading.fileDescriptor
-        let errFD = stderrPipe.fileHandleForReading.fileDescriptor
+        let out = child.stdout
+        let errFD = child.stderr
         let t1 = Thread { [self] in readLoop(out) }
         t1.name = "haven-sftp-reader"
         t1.start()
@@ -196,6 +212,7 @@ final class SFTPConnection: @unchecked Sendable {
             guard let body = readFully(fd, length) else { break }
             let type = body[0]
             if type == SFTP.version {
+                connected.withLock { $0 = true }
                 versionReply.complete(.success(Response(type: type, id: 0, body: body, payloadStart: 1)))
                 continue
             }
@@ -215,25 +232,59 @@ final class SFTPConnection: @unchecked Sendable {
             _ = stderrDone.wait(timeout: .now() + 2)
             error = HavenError(.io, "protocol error from the SFTP server at \(location): \(protocolError)\(stderrSuffix())")
         } else {
-            let deadline = Date().addingTimeInterval(5)
-            while process.isRunning && Date() < deadline { usleep(10_000) }
-            if process.isRunning { terminate() }
+            // End of stream: ssh has exited or is about to. Give it a moment, then make sure.
+            let code = child.wait(seconds: 5) ?? child.terminate()
             _ = stderrDone.wait(timeout: .now() + 2)
-            let status = process.isRunning ? "" : " (exit status \(process.terminationStatus))"
+            let status = code.map { " (exit status \($0))" } ?? ""
             let already = state.withLock { $0.failure }
             if let already {
                 error = already
             } else {
-                error = HavenError(.io, "the SFTP connection to \(location) ended: `\(commandLine)` exited\(status)\(stderrSuffix())")
+                let said = stderrSuffix()
+                if connected.withLock({ $0 }) {
+                    error = HavenError(.io, "the SFTP connection to \(location) ended: `\(commandLine)` exited\(status)\(said)\(Self.hint(said))",
+                                       transient: true)
+                } else {
+                    error = HavenError(.io, "ssh to \(location) failed\(status)\(said)\(Self.hint(said)) (command: `\(commandLine)`)",
+                                       transient: Self.isNetworkFailure(said))
+                }
             }
         }
         shutdown(error)
     }
 
+    /// Stops ssh without blocking the caller: SIGTERM now, SIGKILL if it is still there 2 s later.
     private func terminate() {
-        if process.isRunning {
-            process.terminate()
+        guard child.exitCode == nil else { return }
+        let child = self.child
+        DispatchQueue.global().async { child.terminate(grace: 2) }
+    }
+
+    /// Whether ssh's message describes a network problem that may go away (unlike a refused key or an
+    /// unknown host key, which need the user).
+    static func isNetworkFailure(_ stderr: String) -> Bool {
+        ["Connection refused", "Connection timed out", "Connection reset", "No route to host", "Network is unreachable",
+         "Connection closed by", "Temporary failure in name resolution", "kex_exchange_identification"]
+            .contains { stderr.contains($0) }
+    }
+
+    /// What to do about the usual ssh failures, judged by ssh's own message.
+    static func hint(_ stderr: String) -> String {
+        if stderr.contains("Permission denied") {
+            return " — check the user name, the key (ssh -i / IdentityFile) and that the server accepts it"
         }
+        if stderr.contains("Host key verification failed") || stderr.contains("No ED25519 host key is known")
+            || stderr.contains("host key is known") || stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+            return " — the server's host key is not in known_hosts: connect once with `ssh` to verify and add it"
+        }
+        if stderr.contains("Connection refused") || stderr.contains("Connection timed out") || stderr.contains("Could not resolve hostname")
+            || stderr.contains("No route to host") {
+            return " — check the host name and port, and that the SSH server is running"
+        }
+        if stderr.contains("subsystem request failed") {
+            return " — the server has no SFTP subsystem enabled (Subsystem sftp in sshd_config)"
+        }
+        return ""
     }
 
     /// Fails every outstanding request with `error` and stops ssh.
@@ -249,18 +300,18 @@ final class SFTPConnection: @unchecked Sendable {
         // Stop ssh first: that also unblocks a writer stuck on a full pipe, so the lock below is free soon.
         terminate()
         writeLock.withLock { closed in
-            if !closed { try? stdinPipe.fileHandleForWriting.close() }
+            child.closeStdin()
             closed = true
         }
     }
 
     /// Closes the session: ssh sees end of input and exits.
     func close() {
-        shutdown(HavenError(.io, "the SFTP connection to \(location) was closed"))
+        shutdown(HavenError(.io, "the SFTP connection to \(location) was closed", transient: true))
     }
 
     private func writePacket(_ bytes: [UInt8]) {
-        let fd = stdinPipe.fileHandleForWriting.fileDescriptor
+        let fd = child.stdin
         let ok: Bool = writeLock.withLock { closed in
             if closed { return false }
             var done = 0
@@ -284,6 +335,7 @@ final class SFTPConnection: @unchecked Sendable {
             let id = s.nextID
             s.nextID &+= 1
             s.pending[id] = reply
+            s.peakPending = max(s.peakPending, s.pending.count)
             return id
         }
         var w = PacketWriter(type: type)
@@ -293,7 +345,7 @@ final class SFTPConnection: @unchecked Sendable {
         let timeout = requestTimeout
         let location = self.location
         DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { [weak self] in
-            let err = HavenError(.io, "SFTP request to \(location) timed out after \(Int(timeout)) s")
+            let err = HavenError(.io, "SFTP request to \(location) timed out after \(Int(timeout)) s", transient: true)
             if reply.complete(.failure(err)) { self?.shutdown(err) }
         }
         return reply
@@ -311,10 +363,7 @@ final class SFTPConnection: @unchecked Sendable {
     }
 
     deinit {
-        writeLock.withLock { closed in
-            if !closed { try? stdinPipe.fileHandleForWriting.close() }
-            closed = true
-        }
-        if process.isRunning { process.terminate() }
+        child.closeStdin()
+        terminate()
     }
 }

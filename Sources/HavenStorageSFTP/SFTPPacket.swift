@@ -19,6 +19,10 @@ enum SFTP {
 
     /// Largest packet accepted from the server (a 256 KiB payload plus headers).
     static let maxPacket = 256 * 1024 + 1024
+    /// Data per READ or WRITE request: at least what every server accepts, at most what fits a packet.
+    static let minimumChunk = 32 * 1024, maximumChunk = 256 * 1024
+    /// Bytes kept in flight per transfer, so a round trip never leaves the link idle.
+    static let inFlightBytes = 4 << 20
 }
 
 /// Builds one length-prefixed packet.

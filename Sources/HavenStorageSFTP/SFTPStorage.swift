@@ -12,20 +12,23 @@ public final class SFTPStorage: Storage {
     public let location: String
     /// The program and arguments that start the SFTP session.
     public let command: [String]
-    public var properties: StorageProperties { StorageProperties(connections: 1, atomicReplace: false) }
+    /// `connections` is how many operations callers should run at once. They all share one pipelined SSH
+    /// session, so more only helps to overlap the round trips of small files (restic's default is 5 too).
+    public var properties: StorageProperties { StorageProperties(connections: connections, atomicReplace: false) }
+    private let connections: Int
 
     private let handshakeTimeout: Double
     private let requestTimeout: Double
     private let current = Mutex<Task<SFTPConnection, any Error>?>(nil)
 
-    static let chunkSize = 32 * 1024
-    static let window = 16
-
     /// - Parameters:
     ///   - command: replaces the whole ssh command line (like restic's `-o sftp.command=…`); it must start
     ///     an SFTP server on its stdin/stdout. By default: `ssh [-p PORT] [-l USER] HOST -s sftp` in batch mode.
-    public init(location: SFTPLocation, command: [String]? = nil, handshakeTimeout: Double = 30, requestTimeout: Double = 120) {
+    ///   - connections: the parallelism reported in `properties` (`-o sftp.connections`), at least 1.
+    public init(location: SFTPLocation, command: [String]? = nil, connections: Int = 5,
+                handshakeTimeout: Double = 30, requestTimeout: Double = 120) {
         sftpLocation = location
+        self.connections = max(1, connections)
         self.location = location.description
         self.command = command ?? Self.defaultCommand(location)
         self.handshakeTimeout = handshakeTimeout
@@ -33,8 +36,10 @@ public final class SFTPStorage: Storage {
     }
 
     /// Parses `url` (see `SFTPLocation.parse`).
-    public convenience init(url: String, command: [String]? = nil, handshakeTimeout: Double = 30, requestTimeout: Double = 120) throws {
-        self.init(location: try SFTPLocation.parse(url), command: command, handshakeTimeout: handshakeTimeout, requestTimeout: requestTimeout)
+    public convenience init(url: String, command: [String]? = nil, connections: Int = 5,
+                            handshakeTimeout: Double = 30, requestTimeout: Double = 120) throws {
+        self.init(location: try SFTPLocation.parse(url), command: command, connections: connections,
+                  handshakeTimeout: handshakeTimeout, requestTimeout: requestTimeout)
     }
 
     public static func defaultCommand(_ location: SFTPLocation) -> [String] {
@@ -78,6 +83,13 @@ public final class SFTPStorage: Storage {
             current.withLock { if $0 == task { $0 = nil } }
             throw error
         }
+    }
+
+    /// The current session's largest number of requests in flight at once, and its READ/WRITE sizes
+    /// (nil without a session). For tests and diagnostics.
+    func sessionStatistics() async -> (peakOutstanding: Int, readChunk: Int, writeChunk: Int)? {
+        guard let task = current.withLock({ $0 }), let c = try? await task.value else { return nil }
+        return (c.peakOutstandingRequests, c.readChunk, c.writeChunk)
     }
 
     // MARK: Paths and errors
@@ -275,12 +287,13 @@ public final class SFTPStorage: Storage {
     private func writeAll(_ c: SFTPConnection, _ handle: [UInt8], _ data: [UInt8], _ path: String) async throws {
         var inFlight: [Reply] = []
         var offset = 0
+        let chunk = c.writeChunk, window = max(8, SFTP.inFlightBytes / chunk)
         func drainOne() async throws {
             let reply = inFlight.removeFirst()
             try status(c, try await reply.value(), "write", path)
         }
         while offset < data.count {
-            let end = min(data.count, offset + Self.chunkSize)
+            let end = min(data.count, offset + chunk)
             let off = offset
             inFlight.append(try c.send(SFTP.write) { w in
                 w.string(handle)
@@ -288,7 +301,7 @@ public final class SFTPStorage: Storage {
                 w.string(data[off..<end])
             })
             offset = end
-            if inFlight.count >= Self.window { try await drainOne() }
+            if inFlight.count >= window { try await drainOne() }
         }
         while !inFlight.isEmpty { try await drainOne() }
     }
@@ -321,6 +334,7 @@ public final class SFTPStorage: Storage {
 
     private func readRange(_ c: SFTPConnection, _ fh: [UInt8], _ path: String, offset: Int, count: Int) async throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: count)
+        let chunk = c.readChunk, window = max(8, SFTP.inFlightBytes / chunk)
         // Requests in flight: (position in `out`, bytes wanted, reply).
         var inFlight: [(Int, Int, Reply)] = []
         var next = 0
@@ -333,8 +347,8 @@ public final class SFTPStorage: Storage {
             }))
         }
         while next < count || !inFlight.isEmpty {
-            while next < count && inFlight.count < Self.window && shortOf == nil {
-                let want = min(Self.chunkSize, count - next)
+            while next < count && inFlight.count < window && shortOf == nil {
+                let want = min(chunk, count - next)
                 try issue(next, want)
                 next += want
             }

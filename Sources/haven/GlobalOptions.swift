@@ -30,10 +30,28 @@ struct GlobalOptions: ParsableArguments {
     var cacheDir: String?
 
     @Option(name: [.customShort("o"), .customLong("option")],
-            help: ArgumentHelp("Backend option: s3.storage-class=CLASS, sftp.command=CMD (repeatable).", valueName: "KEY=VALUE"))
+            help: ArgumentHelp("Backend option: s3.storage-class=CLASS, sftp.command=CMD, local|s3|sftp.connections=N (repeatable).",
+                               valueName: "KEY=VALUE"))
     var backendOptions: [String] = []
 
-    static let valueOptions: Set<String> = ["-r", "--repo", "--password-file", "--password-command", "--cache-dir", "-o", "--option"]
+    @Option(parsing: .unconditional,
+            help: ArgumentHelp("Limit uploads to a maximum rate in KiB/s (default: unlimited).", valueName: "KiB/s"))
+    var limitUpload: Int?
+
+    @Option(parsing: .unconditional,
+            help: ArgumentHelp("Limit downloads to a maximum rate in KiB/s (default: unlimited).", valueName: "KiB/s"))
+    var limitDownload: Int?
+
+    func validate() throws {
+        for (flag, value) in [("--limit-upload", limitUpload), ("--limit-download", limitDownload)] {
+            if let value, value <= 0 {
+                throw ValidationError("\(flag) must be a positive rate in KiB/s, got \(value); e.g. \(flag) 1024 for 1 MiB/s (leave it out for no limit)")
+            }
+        }
+    }
+
+    static let valueOptions: Set<String> = ["-r", "--repo", "--password-file", "--password-command", "--cache-dir", "-o", "--option",
+                                            "--limit-upload", "--limit-download"]
     static let flagOptions: Set<String> = ["--json", "-q", "--quiet", "-v", "--verbose", "--no-lock"]
 
     /// Moves global options written before the command name to the end (before any `--`), so that
@@ -79,8 +97,21 @@ struct GlobalOptions: ParsableArguments {
         try Backends.open(location, options: options)
     }
 
+    /// How every storage this command opens is wrapped: retries (logged with -v), --limit-upload/--limit-download.
+    var decorations: Backends.Decorations {
+        let out = output
+        return Backends.Decorations(
+            retryLog: { line in if out.verbose > 0 { out.warning(line) } },
+            uploadBytesPerSecond: limitUpload.map { $0 * 1024 }, downloadBytesPerSecond: limitDownload.map { $0 * 1024 })
+    }
+
+    /// The storage at `location` with this command's -o options, retries and rate limits.
+    func storage(at location: String) throws -> any Storage {
+        try Backends.open(location, options: try Backends.parseOptions(backendOptions), decorations: decorations)
+    }
+
     func storage() throws -> any Storage {
-        try Self.storage(for: try repositoryLocation(), options: try Backends.parseOptions(backendOptions))
+        try storage(at: try repositoryLocation())
     }
 
     /// The password from (in order) --password-command, --password-file, the environment, or a prompt.

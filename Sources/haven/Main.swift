@@ -1,4 +1,6 @@
 import ArgumentParser
+import CHavenShims
+import Foundation
 import HavenCore
 #if canImport(Glibc)
 import Glibc
@@ -9,13 +11,30 @@ struct Main {
     static func main() async {
         // restic accepts global flags before the command name; ArgumentParser wants them after it.
         let args = GlobalOptions.reorder(Array(CommandLine.arguments.dropFirst()))
+        // A job the daemon started stops when the daemon dies, rather than writing on behind its back.
+        if let parent = ProcessInfo.processInfo.environment["HAVEN_PARENT_PID"].flatMap(Int32.init) {
+            _ = haven_set_parent_death_signal(SIGTERM)
+            if getppid() != parent { exit(130) }
+        }
         do {
             var command = try Haven.parseAsRoot(args)
             if var asyncCommand = command as? AsyncParsableCommand {
-                try await asyncCommand.run()
+                // SIGINT and SIGTERM cancel the command, which releases its lock and leaves the repository
+                // consistent (what was uploaded is reused next time); a second signal exits at once.
+                nonisolated(unsafe) var running = asyncCommand
+                let task = Task { try await running.run() }
+                let signals = SignalWatcher([SIGINT, SIGTERM]) { _ in
+                    if task.isCancelled { exit(130) }
+                    task.cancel()
+                }
+                defer { signals.cancel() }
+                try await task.value
             } else {
                 try command.run()
             }
+        } catch is CancellationError {
+            FileHandleOutput.stderr("haven: interrupted")
+            exit(130)
         } catch let error as HavenError {
             Output.error(error)
             exit(error.code.exitCode)
@@ -62,6 +81,10 @@ struct Haven: AsyncParsableCommand {
           -v, --verbose            print more detail
           --no-lock                do not lock the repository (read-only commands only)
           --cache-dir DIR          accepted for restic compatibility (Haven keeps no cache yet)
+          --limit-upload KiB/s     limit uploads to a maximum rate (default: unlimited)
+          --limit-download KiB/s   limit downloads to a maximum rate (default: unlimited)
+          -o KEY=VALUE             backend option: s3.storage-class=CLASS, sftp.command=CMD,
+                                   local.connections=N, s3.connections=N, sftp.connections=N
 
         EXIT CODES:
           0   success
@@ -75,7 +98,9 @@ struct Haven: AsyncParsableCommand {
         version: HavenVersion.string,
         subcommands: [
             Init.self, Backup.self, Snapshots.self, Ls.self, Find.self, Diff.self, Cat.self, Stats.self,
-            Restore.self, Check.self, Forget.self, Prune.self, Unlock.self, KeyCommand.self, Version.self,
+            Restore.self, Check.self, Forget.self, Prune.self, Copy.self, Unlock.self, KeyCommand.self, Version.self,
+            StatusCommand.self, RunCommand.self, JobsCommand.self, LogCommand.self, CancelCommand.self,
+            DaemonCommand.self, ConfigCommand.self,
         ]
     )
 }

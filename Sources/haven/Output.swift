@@ -26,8 +26,10 @@ struct Output: Sendable {
         FileHandleOutput.stderr("warning: " + s)
     }
 
+    /// One JSON document per line, written at once (not buffered), so a reader of a pipe — the daemon
+    /// following a job's progress — sees each line when it is printed.
     func printJSON(_ value: Any) {
-        print(JSON.string(value))
+        FileHandle.standardOutput.write(Data((JSON.string(value) + "\n").utf8))
     }
 
     static func error(_ e: HavenError) {

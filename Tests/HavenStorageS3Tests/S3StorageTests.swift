@@ -4,8 +4,8 @@ import HavenCore
 import HavenTestSupport
 import Testing
 
-// The storage conformance cases of HavenCoreTests/StorageTests.swift, run against a real SeaweedFS S3 gateway,
-// plus S3 specifics: continuation of long listings, multipart uploads, and a repository restic can check.
+// The shared storage conformance cases (HavenTestSupport/StorageConformance.swift), run against a real SeaweedFS
+// S3 gateway, plus S3 specifics: continuation of long listings, multipart uploads, and a repository restic can check.
 
 private func havenError(_ body: () async throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) async -> HavenError? {
     do {
@@ -19,7 +19,6 @@ private func havenError(_ body: () async throws -> Void, sourceLocation: SourceL
     return nil
 }
 
-private func randomID(_ rng: inout SeededRandom) -> ID { ID(rng.bytes(32)) }
 
 private func currentServer() throws -> SeaweedServer {
     try #require(SeaweedServer.current, "no SeaweedFS server (the suite trait starts one)")
@@ -46,99 +45,23 @@ private func withStorage(bucket: String = "haven-test", create: Bool = true,
     try await storage.shutdown()
 }
 
+/// An S3Storage at a fresh prefix of the shared bucket, not yet created; `finish` shuts its client down.
+private func s3UnderTest() throws -> StorageUnderTest {
+    let server = try currentServer()
+    let prefix = "t-" + UUID().uuidString.lowercased().prefix(12)
+    var env = server.environment
+    env["AWS_DEFAULT_REGION"] = "us-east-1"
+    let location = try S3Location.parse("s3:\(server.endpoint)/haven-test/\(prefix)", environment: env)
+    let storage = S3Storage(location: location, credentials: try S3Credentials.fromEnvironment(env))
+    return StorageUnderTest(storage: storage, finish: { try? await storage.shutdown() })
+}
+
 @Suite("S3Storage against SeaweedFS", .seaweedFS)
 struct S3StorageTests {
 
-    @Test("save, load, stat and exists for every file type")
-    func saveLoadStat() async throws {
-        try await withStorage { s in
-            var rng = SeededRandom(seed: 1)
-            var saved: [(Handle, [UInt8])] = [(.config, rng.bytes(155))]
-            for type in FileType.allCases where type != .config {
-                saved.append((Handle(type, randomID(&rng)), rng.bytes(Int(rng.next() % 3000) + 1)))
-            }
-            saved.append((Handle(.snapshot, randomID(&rng)), []))
-            for (h, data) in saved { try await s.save(h, data) }
-            for (h, data) in saved {
-                #expect(try await s.load(h) == data, "\(h)")
-                #expect(try await s.stat(h) == data.count, "\(h)")
-                #expect(try await s.exists(h), "\(h)")
-            }
-        }
-    }
-
-    @Test("load with offset and length")
-    func loadRange() async throws {
-        try await withStorage { s in
-            let data = SeededRandom.bytes(seed: 2, 10_000)
-            let h = Handle(.pack, ID.hash(data))
-            try await s.save(h, data)
-            for (offset, length) in [(0, 10_000), (0, 1), (1, 1), (4321, 1234), (9999, 1), (10_000, 0), (0, 0), (5000, 5000)] {
-                #expect(try await s.load(h, offset: offset, length: length) == Array(data[offset..<(offset + length)]),
-                        "offset \(offset) length \(length)")
-            }
-            for offset in [0, 1, 9000, 10_000] {
-                #expect(try await s.load(h, offset: offset, length: nil) == Array(data[offset...]), "offset \(offset) to end")
-            }
-            for (offset, length) in [(9000, 1001), (0, 10_001), (10_000, 1)] {
-                let e = await havenError { _ = try await s.load(h, offset: offset, length: length) }
-                #expect(e?.code == .corrupt, "offset \(offset) length \(length): \(e.map { "\($0)" } ?? "")")
-            }
-        }
-    }
-
-    @Test("missing files: load, stat and remove report .notFound")
-    func missingFiles() async throws {
-        try await withStorage { s in
-            for h in [Handle.config, Handle(.pack, ID.hash([1])), Handle(.snapshot, ID.hash([2])), Handle(.key, ID.hash([3])), Handle(.lock, ID.hash([4]))] {
-                let load = await havenError { _ = try await s.load(h) }
-                #expect(load?.code == .notFound, "load \(h)")
-                let ranged = await havenError { _ = try await s.load(h, offset: 10, length: 5) }
-                #expect(ranged?.code == .notFound, "ranged load \(h)")
-                let stat = await havenError { _ = try await s.stat(h) }
-                #expect(stat?.code == .notFound, "stat \(h)")
-                let remove = await havenError { try await s.remove(h) }
-                #expect(remove?.code == .notFound, "remove \(h)")
-                let exists = try await s.exists(h)
-                #expect(exists == false, "\(h)")
-            }
-        }
-    }
-
-    @Test("list returns exactly the files of each type with their sizes")
-    func listEachType() async throws {
-        try await withStorage { s in
-            for type in FileType.allCases { #expect(try await s.list(type).isEmpty, "\(type) not empty after create") }
-            var rng = SeededRandom(seed: 3)
-            var expected: [FileType: Set<StoredFile>] = [:]
-            try await s.save(.config, [1, 2, 3])
-            expected[.config] = [StoredFile(name: "config", size: 3)]
-            for type in FileType.allCases where type != .config {
-                var files: Set<StoredFile> = []
-                let count = type == .pack ? 40 : 5
-                var first: ID?
-                for i in 0..<count {
-                    var id = randomID(&rng)
-                    if type == .pack, i == 1, let first { id = ID(Array(first.bytes.prefix(1)) + rng.bytes(31)) }
-                    if i == 0 { first = id }
-                    let data = rng.bytes(Int(rng.next() % 500))
-                    try await s.save(Handle(type, id), data)
-                    files.insert(StoredFile(name: id.hex, size: data.count))
-                }
-                expected[type] = files
-            }
-            for type in FileType.allCases {
-                let listed = try await s.list(type)
-                #expect(Set(listed) == expected[type], "\(type)")
-                #expect(listed.count == expected[type]?.count, "\(type) listed a file twice")
-            }
-            let victim = try #require(expected[.index]?.first)
-            try await s.remove(Handle(.index, victim.name))
-            #expect(Set(try await s.list(.index)) == expected[.index]!.subtracting([victim]))
-            #expect(Set(try await s.list(.snapshot)) == expected[.snapshot])
-            let gone = await havenError { _ = try await s.load(Handle(.index, victim.name)) }
-            #expect(gone?.code == .notFound)
-        }
+    @Test("conformance", arguments: StorageConformance.allCases)
+    func conformance(_ check: StorageConformance) async throws {
+        try await check.run { try s3UnderTest() }
     }
 
     @Test("listing more than 1000 objects follows continuation tokens")
@@ -163,45 +86,6 @@ struct S3StorageTests {
         }
     }
 
-    @Test("save replaces an existing file completely")
-    func saveReplaces() async throws {
-        try await withStorage { s in
-            let h = Handle(.lock, ID.hash([9]))
-            let long = SeededRandom.bytes(seed: 4, 5000), short = SeededRandom.bytes(seed: 5, 10)
-            try await s.save(h, long)
-            try await s.save(h, short)
-            #expect(try await s.load(h) == short)
-            #expect(try await s.stat(h) == short.count)
-            #expect(try await s.list(.lock) == [StoredFile(name: h.name, size: short.count)])
-            try await s.save(.config, long)
-            try await s.save(.config, short)
-            #expect(try await s.load(.config) == short)
-        }
-    }
-
-    @Test("concurrent saves")
-    func concurrentSaves() async throws {
-        try await withStorage { s in
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for i in 0..<48 {
-                    group.addTask {
-                        let data = SeededRandom.bytes(seed: UInt64(i), 20_000 + i)
-                        let type: FileType = [.pack, .index, .snapshot][i % 3]
-                        try await s.save(Handle(type, ID.hash(data)), data)
-                    }
-                }
-                try await group.waitForAll()
-            }
-            #expect(try await s.list(.pack).count == 16)
-            #expect(try await s.list(.index).count == 16)
-            #expect(try await s.list(.snapshot).count == 16)
-            for f in try await s.list(.pack) {
-                let data = try await s.load(Handle(.pack, f.name))
-                #expect(ID.hash(data).hex == f.name, "content of \(f.name) is not what was saved")
-            }
-        }
-    }
-
     @Test("create makes a missing bucket, and fails once a config exists")
     func createTwice() async throws {
         let bucket = "haven-new-" + UUID().uuidString.lowercased().prefix(8)
@@ -213,22 +97,6 @@ struct S3StorageTests {
             #expect(e?.code == .invalidArgument)
             #expect(e?.message.contains(s.location) == true, "\(e?.message ?? "")")
             #expect(try await s.load(.config) == [1, 2, 3])
-        }
-    }
-
-    @Test("20 MiB file round trip")
-    func largeFile() async throws {
-        try await withStorage { s in
-            let data = SeededRandom.bytes(seed: 20, 20 << 20)
-            let h = Handle(.pack, ID.hash(data))
-            try await s.save(h, data)
-            #expect(try await s.stat(h) == data.count)
-            let back = try await s.load(h)
-            #expect(back.count == data.count)
-            #expect(ID.hash(back) == ID.hash(data))
-            let mid = (10 << 20) - 7
-            #expect(try await s.load(h, offset: mid, length: 1 << 20) == Array(data[mid..<(mid + (1 << 20))]))
-            #expect(try await s.list(.pack) == [StoredFile(name: h.name, size: data.count)])
         }
     }
 

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import HavenCore
-import HavenStorageSFTP
+@testable import HavenStorageSFTP
 import HavenTestSupport
 #if canImport(Glibc)
 import Glibc
@@ -12,7 +12,11 @@ final class SSHServer: @unchecked Sendable {
     let dir: TempDir
     let port: Int
     let userKey: String
-    let process: Process?
+    /// sshd, started with posix_spawn: Foundation's `Process` mis-detects the exit of children that close
+    /// inherited descriptors (as sshd does) and then stalls exit detection for every other `Process`.
+    let process: ChildProcess
+    /// A known_hosts file holding this server's host key.
+    let knownHosts: String
     let nonce = UUID().uuidString
 
     /// A loopback port nothing listens on (bound once to port 0, then released).
@@ -73,18 +77,15 @@ final class SSHServer: @unchecked Sendable {
 
         """
         try Fixture.write(dir.sub("sshd_config"), Array(config.utf8))
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/sbin/sshd")
-        p.arguments = ["-D", "-e", "-f", dir.sub("sshd_config")]
-        p.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+        let hostKey = try String(contentsOfFile: dir.sub("host_key.pub"), encoding: .utf8).split(separator: " ").prefix(2).joined(separator: " ")
+        knownHosts = dir.sub("known_hosts")
+        try Fixture.write(knownHosts, Array("[127.0.0.1]:\(port) \(hostKey)\n".utf8))
         let log = dir.sub("sshd.log")
-        FileManager.default.createFile(atPath: log, contents: nil)
-        p.standardError = FileHandle(forWritingAtPath: log)
-        try p.run()
+        let p = try ChildProcess(executable: "/usr/sbin/sshd", arguments: ["-D", "-E", log, "-f", dir.sub("sshd_config")])
         process = p
         let deadline = Date().addingTimeInterval(15)
         while !Self.accepts(port) {
-            guard p.isRunning, Date() < deadline else {
+            guard p.exitCode == nil, Date() < deadline else {
                 let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
                 p.terminate()
                 throw FixtureError.failed("sshd did not start listening on port \(port): \(text)")
@@ -93,22 +94,21 @@ final class SSHServer: @unchecked Sendable {
         }
     }
 
-    /// The ssh command line for the SFTP subsystem, logging in with `key`.
-    func command(key: String? = nil, port: Int? = nil) -> [String] {
-        ["ssh", "-p", String(port ?? self.port), "-i", key ?? userKey, "-o", "StrictHostKeyChecking=no",
-         "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR",
+    /// The ssh command line for the SFTP subsystem, logging in with `key` and checking the host key
+    /// against `knownHosts` (this server's key by default).
+    func command(key: String? = nil, port: Int? = nil, knownHosts: String? = nil) -> [String] {
+        ["ssh", "-p", String(port ?? self.port), "-i", key ?? userKey, "-F", "/dev/null",
+         "-o", "UserKnownHostsFile=\(knownHosts ?? self.knownHosts)", "-o", "StrictHostKeyChecking=yes",
+         "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10",
          "127.0.0.1", "-s", "sftp"]
     }
 
-    func storage(_ root: String, key: String? = nil, port: Int? = nil) throws -> SFTPStorage {
-        try SFTPStorage(url: "sftp:127.0.0.1:" + root, command: command(key: key, port: port))
+    func storage(_ root: String, key: String? = nil, port: Int? = nil, knownHosts: String? = nil) throws -> SFTPStorage {
+        try SFTPStorage(url: "sftp:127.0.0.1:" + root, command: command(key: key, port: port, knownHosts: knownHosts))
     }
 
     func stop() {
-        if let process, process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
+        process.terminate()
     }
 
     deinit { stop() }

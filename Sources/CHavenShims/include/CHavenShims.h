@@ -7,4 +7,10 @@
 int haven_o_noatime(void);
 /// posix_fadvise(POSIX_FADV_SEQUENTIAL) wrapper.
 int haven_fadvise_sequential(int fd);
+/// Asks the kernel to send `sig` to this process when its parent dies (Linux prctl PR_SET_PDEATHSIG).
+/// Returns 0 on success, -1 where unsupported.
+int haven_set_parent_death_signal(int sig);
+/// Installs a handler for `sig` that writes the signal number (one byte) to a new pipe, and returns the
+/// pipe's read end (-1 on error). Async-signal-safe; a program that execs keeps the default disposition.
+int haven_signal_pipe(int sig);
 #endif

@@ -91,10 +91,42 @@ public struct BackupResult: Sendable {
     public var dryRun: Bool
 }
 
-/// Reads source files, cuts them into chunks, stores new blobs and trees, and writes a snapshot.
-public final class Archiver: Sendable {
+/// One repository a backup writes to, with its own key, index, pack writer and parent snapshot.
+final class BackupTarget: Sendable {
     let repository: Repository
     let writer: BlobWriter
+    /// The first failure of this repository; nothing more is written to it once set.
+    let failure = Locked<HavenError?>(nil)
+
+    init(repository: Repository, options: BackupOptions) {
+        self.repository = repository
+        writer = BlobWriter(repository: repository, packSize: options.packSize, compression: options.compression, dryRun: options.dryRun)
+    }
+
+    var failed: Bool { failure.withLock { $0 != nil } }
+
+    func fail(_ error: any Error) {
+        let e = (error as? HavenError) ?? HavenError(.io, "\(error)")
+        failure.withLock { if $0 == nil { $0 = e } }
+    }
+}
+
+/// The outcome of a backup into one of several repositories: a result, or the error that stopped it.
+public struct BackupOutcome: Sendable {
+    public var location: String
+    public var result: BackupResult?
+    public var error: HavenError?
+}
+
+/// Reads source files, cuts them into chunks, stores new blobs and trees, and writes a snapshot.
+///
+/// With several repositories, each file is read and chunked once and its blobs are stored into every
+/// repository (each with its own key, index, deduplication and parent snapshot). A repository that fails
+/// is dropped; the others still get their snapshot.
+public final class Archiver: Sendable {
+    let targets: [BackupTarget]
+    /// The first repository (its chunker parameters are those of all).
+    var repository: Repository { targets[0].repository }
     let options: BackupOptions
     let progress: BackupProgress
     let fileSlots: AsyncSemaphore
@@ -103,11 +135,11 @@ public final class Archiver: Sendable {
     let names = NameCache()
     let excludes: PatternList
 
-    init(repository: Repository, options: BackupOptions, progress: BackupProgress) {
-        self.repository = repository
+    init(repositories: [Repository], options: BackupOptions, progress: BackupProgress) {
+        precondition(!repositories.isEmpty)
+        targets = repositories.map { BackupTarget(repository: $0, options: options) }
         self.options = options
         self.progress = progress
-        writer = BlobWriter(repository: repository, packSize: options.packSize, compression: options.compression, dryRun: options.dryRun)
         fileSlots = AsyncSemaphore(permits: max(1, options.fileConcurrency))
         excludes = PatternList(options.excludes)
     }
@@ -117,8 +149,62 @@ public final class Archiver: Sendable {
     /// Unreadable source files are skipped and reported in `warnings`; the snapshot is still written. On
     /// cancellation or error, packs already uploaded are indexed so that the next backup reuses them.
     public static func backup(repository: Repository, options: BackupOptions, progress: BackupProgress = BackupProgress()) async throws -> BackupResult {
-        let archiver = Archiver(repository: repository, options: options, progress: progress)
+        let archiver = Archiver(repositories: [repository], options: options, progress: progress)
+        let outcome = try await archiver.run()[0]
+        if let error = outcome.error { throw error }
+        return outcome.result!
+    }
+
+    /// Backs up `options.paths` into every repository of `repositories`, reading each file once.
+    ///
+    /// The repositories must share chunker parameters (else `.usage` is thrown before anything is read).
+    /// A repository that fails (its storage becomes unwritable, its parent cannot be read, …) is reported
+    /// in its outcome and dropped; the others go on. Throws only when the backup as a whole cannot proceed
+    /// (no source path exists, cancellation, every repository failed).
+    public static func backup(repositories: [Repository], options: BackupOptions,
+                              progress: BackupProgress = BackupProgress()) async throws -> [BackupOutcome] {
+        guard let first = repositories.first else { throw HavenError(.usage, "no repository to back up into") }
+        for r in repositories.dropFirst() where r.config.chunkerPolynomial != first.config.chunkerPolynomial {
+            throw HavenError(.usage, "\(r.storage.location) uses different chunker parameters than \(first.storage.location), so a file "
+                + "cannot be read once for both; create it with `haven -r \(r.storage.location) init --copy-chunker-params "
+                + "--from-repo \(first.storage.location)` (or back up into each repository separately)")
+        }
+        let archiver = Archiver(repositories: repositories, options: options, progress: progress)
         return try await archiver.run()
+    }
+
+    /// Stores a blob in every repository that has not failed. With one repository its error is thrown;
+    /// with several, a repository's error drops that repository, and only the last one's error is thrown.
+    func saveBlob(_ type: BlobType, id: ID, plaintext: [UInt8]) async throws {
+        if targets.count == 1 {
+            try await targets[0].writer.save(type, id: id, plaintext: plaintext)
+            return
+        }
+        for t in targets where !t.failed {
+            do {
+                try await t.writer.save(type, id: id, plaintext: plaintext)
+            } catch {
+                if error is CancellationError || Task.isCancelled { throw error }
+                t.fail(error)
+            }
+        }
+        try checkAlive()
+    }
+
+    /// Throws the first failure when every repository has failed.
+    func checkAlive() throws {
+        if targets.allSatisfy(\.failed) { throw targets[0].failure.withLock { $0 }! }
+    }
+
+    /// Runs `body` for every repository that has not failed; with several, an error drops the repository.
+    func forEachTarget(_ body: (BackupTarget) async throws -> Void) async throws {
+        for t in targets where !t.failed {
+            do { try await body(t) } catch {
+                if targets.count == 1 || error is CancellationError { throw error }
+                t.fail(error)
+            }
+        }
+        try checkAlive()
     }
 
     func warn(_ path: String, _ message: String) {
@@ -126,15 +212,44 @@ public final class Archiver: Sendable {
         progress.update { $0.errors += 1 }
     }
 
-    func run() async throws -> BackupResult {
+    func run() async throws -> [BackupOutcome] {
         let start = Timestamp.now()
         let scanner = Task.detached(priority: .low) { [self] in self.scan() }
         defer { scanner.cancel() }
-        if !options.dryRun { try await adoptUnindexedPacks() }
+        if !options.dryRun { try await forEachTarget { try await self.adoptUnindexedPacks($0) } }
         do {
-            let (tree, paths, parentID) = try await buildRoot()
+            let (tree, paths, parentIDs) = try await buildRoot()
             try Task.checkCancellation()
-            try await writer.flush()
+            try await forEachTarget { try await $0.writer.flush() }
+            var outcomes: [BackupOutcome] = []
+            for (i, target) in targets.enumerated() {
+                if let error = target.failure.withLock({ $0 }) {
+                    if !options.dryRun { try? await target.writer.flush() }
+                    outcomes.append(BackupOutcome(location: target.repository.storage.location, result: nil, error: error))
+                    continue
+                }
+                do {
+                    let result = try await saveSnapshot(target, tree: tree, paths: paths, parentID: parentIDs[i], start: start)
+                    outcomes.append(BackupOutcome(location: target.repository.storage.location, result: result, error: nil))
+                } catch {
+                    if targets.count == 1 || error is CancellationError { throw error }
+                    target.fail(error)
+                    outcomes.append(BackupOutcome(location: target.repository.storage.location, result: nil, error: target.failure.withLock { $0 }))
+                }
+            }
+            return outcomes
+        } catch {
+            // Keep what was uploaded usable: index the packs written so far (best effort).
+            if !options.dryRun { for t in targets { try? await t.writer.flush() } }
+            if error is CancellationError { throw HavenError(.cancelled, "backup cancelled; uploaded data was kept and will be reused by the next backup") }
+            throw error
+        }
+    }
+
+    /// Writes the snapshot of a finished backup into one repository.
+    func saveSnapshot(_ target: BackupTarget, tree: ID, paths: [String], parentID: ID?, start: Timestamp) async throws -> BackupResult {
+        let writer = target.writer
+        do {
             var snap = Snapshot(time: options.time ?? start, tree: tree, paths: paths)
             snap.parent = parentID
             snap.hostname = options.hostname
@@ -154,20 +269,16 @@ public final class Archiver: Sendable {
             summary.dataAddedPacked = stats.bytesStored
             snap.summary = summary
             var id: ID?
-            if !options.dryRun { id = try await repository.saveSnapshot(snap) }
+            if !options.dryRun { id = try await target.repository.saveSnapshot(snap) }
             snap.id = id
             return BackupResult(snapshotID: id, snapshot: snap, parent: parentID, summary: summary,
                                 warnings: warnings.withLock { $0 }, dryRun: options.dryRun)
-        } catch {
-            // Keep what was uploaded usable: index the packs written so far (best effort).
-            if !options.dryRun { try? await writer.flush() }
-            if error is CancellationError { throw HavenError(.cancelled, "backup cancelled; uploaded data was kept and will be reused by the next backup") }
-            throw error
         }
     }
 
     /// Indexes packs that an interrupted backup uploaded but never named in an index.
-    func adoptUnindexedPacks() async throws {
+    func adoptUnindexedPacks(_ target: BackupTarget) async throws {
+        let repository = target.repository
         let stored = try await repository.storage.list(.pack)
         let known = repository.index.packIDs
         let orphans = stored.filter { f in ID(hex: f.name).map { !known.contains($0) } ?? false }
@@ -176,14 +287,14 @@ public final class Archiver: Sendable {
         try await forEachConcurrently(orphans, limit: 4) { f in
             let id = ID(hex: f.name)!
             do {
-                let blobs = try await self.repository.loadPackHeader(id, size: f.size)
-                self.repository.index.add(pack: id, blobs: blobs)
+                let blobs = try await repository.loadPackHeader(id, size: f.size)
+                repository.index.add(pack: id, blobs: blobs)
                 adopted.withLock { $0.append(IndexFile.Pack(id: id, blobs: blobs)) }
             } catch {
                 // A damaged leftover is not used; prune removes it.
             }
         }
-        writer.adopt(adopted.withLock { $0 })
+        target.writer.adopt(adopted.withLock { $0 })
     }
 
     /// Counts the files and bytes to back up, so progress can show an ETA. Cheap: lstat only.
@@ -228,8 +339,12 @@ public final class Archiver: Sendable {
         var isTarget = false
     }
 
-    func buildRoot() async throws -> (ID, [String], ID?) {
-        if let name = options.stdinFilename { return try await stdinRoot(name) }
+    /// The root tree, the paths backed up, and each repository's parent snapshot.
+    func buildRoot() async throws -> (ID, [String], [ID?]) {
+        if let name = options.stdinFilename {
+            let (tree, paths) = try await stdinRoot(name)
+            return (tree, paths, targets.map { _ in nil })
+        }
         var absolute: [String] = []
         for p in options.paths {
             guard !p.isEmpty else { continue }
@@ -260,24 +375,33 @@ public final class Archiver: Sendable {
             }
             node.isTarget = true
         }
-        let parentID = try await findParent(paths: existing)
-        var parentTree: Tree?
-        if let parentID {
-            let parent = try await repository.loadSnapshot(parentID)
-            parentTree = try? await repository.loadTree(parent.tree)
+        var parentIDs = [ID?](repeating: nil, count: targets.count)
+        var parentTrees = [Tree?](repeating: nil, count: targets.count)
+        for (i, t) in targets.enumerated() {
+            do {
+                guard let parentID = try await findParent(t.repository, paths: existing, explicit: i == 0 ? options.parent : nil) else { continue }
+                parentIDs[i] = parentID
+                let parent = try await t.repository.loadSnapshot(parentID)
+                parentTrees[i] = try? await t.repository.loadTree(parent.tree)
+            } catch {
+                if targets.count == 1 || error is CancellationError { throw error }
+                t.fail(error)
+            }
         }
+        try checkAlive()
         if root.isTarget {
             // Backing up "/" itself.
-            let (id, _) = try await archiveDirectory(RawPath("/"), parentTree: parentTree, device: nil)
-            return (id, existing, parentID)
+            let (id, _) = try await archiveDirectory(RawPath("/"), parentTrees: parentTrees, device: nil)
+            return (id, existing, parentIDs)
         }
-        let id = try await archiveTrie(root, path: RawPath("/"), parentTree: parentTree)
-        return (id, existing, parentID)
+        let id = try await archiveTrie(root, path: RawPath("/"), parentTrees: parentTrees)
+        return (id, existing, parentIDs)
     }
 
-    func findParent(paths: [String]) async throws -> ID? {
+    /// The parent snapshot in `repository`: `explicit`, or the latest of this host and paths.
+    func findParent(_ repository: Repository, paths: [String], explicit: ID?) async throws -> ID? {
         if options.force { return nil }
-        if let explicit = options.parent { return explicit }
+        if let explicit { return explicit }
         let snapshots = try await repository.loadSnapshots(onError: { _ in })
         let wanted = paths.sorted()
         return snapshots.last(where: { $0.hostname == options.hostname && $0.paths.sorted() == wanted })?.id
@@ -300,13 +424,13 @@ public final class Archiver: Sendable {
         return "/" + out.joined(separator: "/")
     }
 
-    func archiveTrie(_ trie: PathTrie, path: RawPath, parentTree: Tree?) async throws -> ID {
+    func archiveTrie(_ trie: PathTrie, path: RawPath, parentTrees: [Tree?]) async throws -> ID {
         var nodes: [Node] = []
         for (name, child) in trie.children.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
             let childPath = path.appending(name)
-            let parentNode = parentTree?.node(named: name)
+            let parentNodes = parentTrees.map { $0?.node(named: name) }
             if child.isTarget {
-                if let n = try await archiveEntry(name: name, path: childPath, parentNode: parentNode, device: nil) { nodes.append(n) }
+                if let n = try await archiveEntry(name: name, path: childPath, parentNodes: parentNodes, device: nil) { nodes.append(n) }
                 continue
             }
             guard case .success(let info) = FileInfo.lstat(childPath) else {
@@ -314,15 +438,24 @@ public final class Archiver: Sendable {
                 continue
             }
             var node = makeNode(name: name, info: info, path: childPath)
-            var subParent: Tree?
-            if let sid = parentNode?.subtree { subParent = try? await repository.loadTree(sid) }
-            node.subtree = try await archiveTrie(child, path: childPath, parentTree: subParent)
+            let subParents = await subtrees(of: parentNodes)
+            node.subtree = try await archiveTrie(child, path: childPath, parentTrees: subParents)
             nodes.append(node)
         }
         return try await saveTree(Tree(nodes: nodes))
     }
 
-    func stdinRoot(_ name: String) async throws -> (ID, [String], ID?) {
+    /// Each repository's parent tree below `parentNodes` (nil where a node is no directory or unreadable).
+    func subtrees(of parentNodes: [Node?]) async -> [Tree?] {
+        var out = [Tree?](repeating: nil, count: parentNodes.count)
+        for (i, node) in parentNodes.enumerated() {
+            guard let node, node.type == .dir, let sid = node.subtree, !targets[i].failed else { continue }
+            out[i] = try? await targets[i].repository.loadTree(sid)
+        }
+        return out
+    }
+
+    func stdinRoot(_ name: String) async throws -> (ID, [String]) {
         guard !name.isEmpty, !name.contains("/") else {
             throw HavenError(.usage, "--stdin-filename must be a plain file name, not \"\(name)\"")
         }
@@ -337,7 +470,7 @@ public final class Archiver: Sendable {
         node.size = size
         counts.withLock { $0.filesNew += 1; $0.totalFilesProcessed += 1; $0.totalBytesProcessed += size }
         let tree = try await saveTree(Tree(nodes: [node]))
-        return (tree, ["/" + name], nil)
+        return (tree, ["/" + name])
     }
 
     // MARK: Walking
@@ -362,7 +495,9 @@ public final class Archiver: Sendable {
     }
 
     /// Backs up one directory entry of any type. Returns nil when it is excluded or unreadable.
-    func archiveEntry(name: [UInt8], path: RawPath, parentNode: Node?, device: UInt64?) async throws -> Node? {
+    func archiveEntry(name: [UInt8], path: RawPath, parentNodes: [Node?], device: UInt64?) async throws -> Node? {
+        // Counters describe the backup as seen from the first repository's parent.
+        let parentNode = parentNodes[0]
         try Task.checkCancellation()
         if !excludes.isEmpty && excludes.matches(path.bytes) { return nil }
         let info: FileInfo
@@ -377,7 +512,7 @@ public final class Archiver: Sendable {
         switch node.type {
         case .file:
             do {
-                try await archiveFile(&node, path: path, info: info, parentNode: parentNode)
+                try await archiveFile(&node, path: path, info: info, parentNodes: parentNodes)
             } catch let e as SourceReadError {
                 warn(path.description, "\(e.message); skipped")
                 return nil
@@ -388,9 +523,8 @@ public final class Archiver: Sendable {
                 return node
             }
             if excludedByMarker(path) { return nil }
-            var subParent: Tree?
-            if let sid = parentNode?.subtree, parentNode?.type == .dir { subParent = try? await repository.loadTree(sid) }
-            let (subtree, _) = try await archiveDirectory(path, parentTree: subParent, device: device ?? info.device)
+            let subParents = await subtrees(of: parentNodes)
+            let (subtree, _) = try await archiveDirectory(path, parentTrees: subParents, device: device ?? info.device)
             node.subtree = subtree
             counts.withLock { c in
                 if parentNode?.type != .dir { c.dirsNew += 1 } else if parentNode?.subtree == subtree { c.dirsUnmodified += 1 } else { c.dirsChanged += 1 }
@@ -426,7 +560,7 @@ public final class Archiver: Sendable {
     }
 
     /// Reads a directory and backs up its entries; returns the stored tree's ID.
-    func archiveDirectory(_ path: RawPath, parentTree: Tree?, device: UInt64?) async throws -> (ID, Int) {
+    func archiveDirectory(_ path: RawPath, parentTrees: [Tree?], device: UInt64?) async throws -> (ID, Int) {
         var names: [[UInt8]] = []
         let ok = path.withCString { p -> Bool in
             guard let dir = opendir(p) else { return false }
@@ -445,18 +579,21 @@ public final class Archiver: Sendable {
             warn(path.description, "cannot read directory: \(Errno(errno)); its contents are skipped")
         }
         names.sort { $0.lexicographicallyPrecedes($1) }
-        var parentByName: [[UInt8]: Node] = [:]
-        if let parentTree {
-            parentByName.reserveCapacity(parentTree.nodes.count)
-            for n in parentTree.nodes { parentByName[n.name] = n }
+        let parentByName: [[[UInt8]: Node]] = parentTrees.map { tree in
+            var byName: [[UInt8]: Node] = [:]
+            if let tree {
+                byName.reserveCapacity(tree.nodes.count)
+                for n in tree.nodes { byName[n.name] = n }
+            }
+            return byName
         }
         var results = [Node?](repeating: nil, count: names.count)
         try await withThrowingTaskGroup(of: (Int, Node?).self) { group in
             for (i, name) in names.enumerated() {
                 let childPath = path.appending(name)
-                let parentNode = parentByName[name]
+                let parentNodes = parentByName.map { $0[name] }
                 group.addTask {
-                    (i, try await self.archiveEntry(name: name, path: childPath, parentNode: parentNode, device: device))
+                    (i, try await self.archiveEntry(name: name, path: childPath, parentNodes: parentNodes, device: device))
                 }
                 // Keep the group small so memory stays bounded in huge directories.
                 if i >= 64 {
@@ -473,17 +610,28 @@ public final class Archiver: Sendable {
     func saveTree(_ tree: Tree) async throws -> ID {
         let bytes = tree.encoded()
         let id = ID.hash(bytes)
-        try await writer.save(.tree, id: id, plaintext: bytes)
+        try await saveBlob(.tree, id: id, plaintext: bytes)
         return id
     }
 
     // MARK: Files
 
-    func archiveFile(_ node: inout Node, path: RawPath, info: FileInfo, parentNode: Node?) async throws {
-        if let old = parentNode, old.type == .file, old.mtime == info.mtime, old.ctime == info.ctime,
-           old.size == info.size, old.inode == info.inode,
-           old.content.allSatisfy({ repository.index.has($0, .data) }) {
-            node.content = old.content
+    /// The content recorded by the parents when the file is unchanged in every repository's parent (same
+    /// size, times and inode, same content, all blobs present); nil when the file must be read.
+    func unchangedContent(_ parentNodes: [Node?], _ info: FileInfo) -> [ID]? {
+        guard let first = parentNodes[0] else { return nil }
+        for (i, p) in parentNodes.enumerated() where !targets[i].failed {
+            guard let old = p, old.type == .file, old.mtime == info.mtime, old.ctime == info.ctime,
+                  old.size == info.size, old.inode == info.inode, old.content == first.content,
+                  old.content.allSatisfy({ targets[i].repository.index.has($0, .data) }) else { return nil }
+        }
+        return first.content
+    }
+
+    func archiveFile(_ node: inout Node, path: RawPath, info: FileInfo, parentNodes: [Node?]) async throws {
+        let parentNode = parentNodes[0]
+        if let content = unchangedContent(parentNodes, info) {
+            node.content = content
             counts.withLock { $0.filesUnmodified += 1; $0.totalFilesProcessed += 1; $0.totalBytesProcessed += info.size }
             progress.update { $0.filesDone += 1; $0.bytesDone += info.size }
             return
@@ -538,7 +686,7 @@ public final class Archiver: Sendable {
                 // End of file reached: the whole file is one chunk (or empty).
                 guard !data.isEmpty else { return ([], 0) }
                 let id = ID.hash(data)
-                try await writer.save(.data, id: id, plaintext: data)
+                try await saveBlob(.data, id: id, plaintext: data)
                 return ([id], UInt64(data.count))
             }
             prefix = data  // the file grew while we read it: go on with the chunker
@@ -581,10 +729,9 @@ public final class Archiver: Sendable {
                     if let (j, id) = try await group.next() { ids[j] = id }
                     inFlight -= 1
                 }
-                let writer = self.writer
                 group.addTask {
                     let id = ID.hash(chunk)
-                    try await writer.save(.data, id: id, plaintext: chunk)
+                    try await self.saveBlob(.data, id: id, plaintext: chunk)
                     return (index, id)
                 }
                 inFlight += 1

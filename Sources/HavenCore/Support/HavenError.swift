@@ -58,11 +58,15 @@ public struct HavenError: Error, CustomStringConvertible, Sendable {
     public var code: Code
     public var message: String
     public var cause: (any Error & Sendable)?
+    /// Whether trying the same operation again may succeed (a dropped connection, a timeout, HTTP 5xx or
+    /// SlowDown). Backends set it; `RetryingStorage` retries only such failures.
+    public var isTransient: Bool
 
-    public init(_ code: Code, _ message: String, cause: (any Error & Sendable)? = nil) {
+    public init(_ code: Code, _ message: String, cause: (any Error & Sendable)? = nil, transient: Bool = false) {
         self.code = code
         self.message = message
         self.cause = cause
+        self.isTransient = transient
     }
 
     public var description: String {
@@ -90,7 +94,7 @@ import Darwin
 
 extension HavenError {
     /// An error for a failed system call on `path`, with the current `errno`.
-    static func system(_ operation: String, _ path: String, errno err: Int32 = errno) -> HavenError {
+    public static func system(_ operation: String, _ path: String, errno err: Int32 = errno) -> HavenError {
         let code: Code = err == ENOSPC ? .noSpace : (err == ENOENT ? .notFound : .io)
         return HavenError(code, "\(operation) \(path)", cause: Errno(err))
     }

@@ -13,6 +13,12 @@ struct Backup: AsyncParsableCommand {
           haven -r /srv/backup backup ~/Documents --exclude '*.tmp' --tag daily
           mysqldump db | haven -r /srv/backup backup --stdin --stdin-filename db.sql
           haven -r /srv/backup backup --files-from list.txt --dry-run -v
+          haven -r /srv/backup -r /mnt/usb/backup backup ~/Documents
+
+        With several --repo options, each file is read once and stored into every repository (all opened \
+        with the same password; they need the same chunker parameters: create the others with \
+        `init --copy-chunker-params --from-repo`). A repository that fails is reported and the others still \
+        get their snapshot; the exit code is then 1.
 
         Exit code 3 means the snapshot was saved but some files could not be read (listed as warnings).
         """
@@ -128,6 +134,7 @@ struct Backup: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if global.repo.count > 1 { return try await runMultiple() }
         let out = global.output
         let repo = try await global.openRepository()
         let options = try await backupOptions(repository: repo)
@@ -145,6 +152,70 @@ struct Backup: AsyncParsableCommand {
                 FileHandleOutput.stderr("Warning: at least one source file could not be read")
             }
             throw ExitStatus(code: 3)
+        }
+    }
+
+    /// `--repo A --repo B …`: every file is read once and stored into each repository. A repository that
+    /// cannot be opened or fails during the backup is reported; the others still get their snapshot.
+    func runMultiple() async throws {
+        let out = global.output
+        if parent != nil {
+            throw HavenError(.usage, "--parent names a snapshot of one repository; leave it out when backing up into several (each uses its own latest snapshot)")
+        }
+        let locations = global.repo
+        let password = try global.password()
+        var repositories: [Repository] = []
+        var failures: [(String, HavenError)] = []
+        for location in locations {
+            do {
+                let repo = try await Repository.open(storage: try global.storage(at: location), password: password)
+                try await repo.loadIndex()
+                repositories.append(repo)
+            } catch let e as HavenError {
+                if e.code == .usage { throw e }
+                failures.append((location, e))
+            }
+        }
+        for (location, e) in failures { out.warning("repository \(location): \(e.description)") }
+        guard !repositories.isEmpty else {
+            throw HavenError(failures.first?.1.code ?? .fatal, "no repository could be opened; nothing was backed up")
+        }
+        let options = try await backupOptions(repository: repositories[0])
+        let outcomes = try await withRepositoryLocks(repositories[...]) {
+            let progress = BackupProgress()
+            let reporter = ProgressReporter(output: out, progress: progress)
+            let task = Task { await reporter.run() }
+            defer { task.cancel() }
+            return try await Archiver.backup(repositories: repositories, options: options, progress: progress)
+        }
+        var warnings: [BackupWarning] = []
+        var failed = failures.count
+        for o in outcomes {
+            if let r = o.result {
+                warnings = r.warnings
+                if !global.json { out.info("repository \(o.location):") }
+                report(r, out: out)
+            } else if let e = o.error {
+                failed += 1
+                out.warning("repository \(o.location): backup failed, no snapshot was saved: \(e.description)")
+            }
+        }
+        for w in warnings { out.warning(w.description) }
+        if failed > 0 {
+            FileHandleOutput.stderr("haven: \(failed) of \(locations.count) repositories got no snapshot (see the warnings above)")
+            throw ExitStatus(code: 1)
+        }
+        if !warnings.isEmpty {
+            if !global.json { FileHandleOutput.stderr("Warning: at least one source file could not be read") }
+            throw ExitStatus(code: 3)
+        }
+    }
+
+    /// Holds a shared lock on every repository while `body` runs.
+    func withRepositoryLocks<R: Sendable>(_ repos: ArraySlice<Repository>, _ body: () async throws -> R) async throws -> R {
+        guard let first = repos.first else { return try await body() }
+        return try await withRepositoryLock(first, exclusive: false, global: global) { _ in
+            try await withRepositoryLocks(repos.dropFirst(), body)
         }
     }
 

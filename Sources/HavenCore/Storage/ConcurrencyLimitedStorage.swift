@@ -1,0 +1,32 @@
+/// Runs at most `connections` operations of the wrapped storage at once (`-o local.connections=N`, …);
+/// `properties.connections` reports the limit.
+public final class ConcurrencyLimitedStorage: StorageDecorator {
+    public let base: any Storage
+    public let connections: Int
+    private let semaphore: AsyncSemaphore
+
+    public init(_ base: any Storage, connections: Int) {
+        self.base = base
+        self.connections = max(1, connections)
+        self.semaphore = AsyncSemaphore(permits: max(1, connections))
+    }
+
+    public var properties: StorageProperties {
+        var p = base.properties
+        p.connections = connections
+        return p
+    }
+
+    public func create() async throws { try await semaphore.withPermit { try await self.base.create() } }
+    public func save(_ handle: Handle, _ data: [UInt8]) async throws {
+        try await semaphore.withPermit { try await self.base.save(handle, data) }
+    }
+    public func load(_ handle: Handle, offset: Int, length: Int?) async throws -> [UInt8] {
+        try await semaphore.withPermit { try await self.base.load(handle, offset: offset, length: length) }
+    }
+    public func stat(_ handle: Handle) async throws -> Int { try await semaphore.withPermit { try await self.base.stat(handle) } }
+    public func list(_ type: FileType) async throws -> [StoredFile] {
+        try await semaphore.withPermit { try await self.base.list(type) }
+    }
+    public func remove(_ handle: Handle) async throws { try await semaphore.withPermit { try await self.base.remove(handle) } }
+}

@@ -1,1 +1,0 @@
-// The daemon: config, schedules, queue, state, runner.

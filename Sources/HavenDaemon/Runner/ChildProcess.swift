@@ -1,0 +1,120 @@
+import Foundation
+import HavenCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A child process whose output is read line by line on dedicated threads (never on the cooperative pool),
+/// and whose exit is awaited without blocking a thread.
+public final class ChildProcess: Sendable {
+    public struct Exit: Sendable, Equatable {
+        /// The exit code, or 128 + signal when killed by a signal.
+        public var code: Int32
+        public var signaled: Bool
+    }
+
+    let process: Process
+    private let exitBox = Locked<Exit?>(nil)
+    private let waiters = Locked<[CheckedContinuation<Exit, Never>]>([])
+    private let readers = DispatchGroup()
+
+    public var pid: Int32 { process.processIdentifier }
+
+    /// Starts `arguments[0]` (looked up in PATH when it has no slash) with `environment`.
+    /// `onLine` is called with each line of stdout (`false`) and stderr (`true`), in order per stream.
+    public init(_ arguments: [String], environment: [String: String]? = nil, directory: String? = nil,
+                stdin: String? = nil, onLine: @escaping @Sendable (_ stderr: Bool, _ line: String) -> Void) throws {
+        guard let first = arguments.first else { throw HavenError(.usage, "empty command") }
+        let p = Process()
+        if first.contains("/") {
+            p.executableURL = URL(fileURLWithPath: first)
+            p.arguments = Array(arguments.dropFirst())
+        } else {
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            p.arguments = arguments
+        }
+        if let environment { p.environment = environment }
+        if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
+        let out = Pipe()
+        let err = Pipe()
+        let input = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        p.standardInput = input
+        process = p
+        p.terminationHandler = { [exitBox, waiters, readers] proc in
+            let exit = Exit(code: proc.terminationReason == .uncaughtSignal ? 128 + proc.terminationStatus : proc.terminationStatus,
+                            signaled: proc.terminationReason == .uncaughtSignal)
+            // Deliver the exit only after both streams are drained, so callers see every line first.
+            readers.notify(queue: .global()) {
+                exitBox.withLock { $0 = exit }
+                let list = waiters.withLock { w -> [CheckedContinuation<Exit, Never>] in defer { w = [] }; return w }
+                for c in list { c.resume(returning: exit) }
+            }
+        }
+        do {
+            try p.run()
+        } catch {
+            throw HavenError(.io, "cannot start \(first): \(error.localizedDescription)")
+        }
+        Self.readLines(out.fileHandleForReading, stderr: false, group: readers, onLine: onLine)
+        Self.readLines(err.fileHandleForReading, stderr: true, group: readers, onLine: onLine)
+        if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+        try? input.fileHandleForWriting.close()
+    }
+
+    private static func readLines(_ handle: FileHandle, stderr: Bool, group: DispatchGroup,
+                                  onLine: @escaping @Sendable (Bool, String) -> Void) {
+        group.enter()
+        let fd = handle.fileDescriptor
+        let thread = Thread {
+            var pending: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, 65536) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                pending.append(contentsOf: buffer[0..<n])
+                while let nl = pending.firstIndex(of: 10) {
+                    onLine(stderr, String(decoding: pending[..<nl], as: UTF8.self))
+                    pending.removeSubrange(...nl)
+                }
+                // A very long line without a newline is delivered in pieces rather than held forever.
+                if pending.count > 1 << 20 {
+                    onLine(stderr, String(decoding: pending, as: UTF8.self))
+                    pending.removeAll()
+                }
+            }
+            if !pending.isEmpty { onLine(stderr, String(decoding: pending, as: UTF8.self)) }
+            try? handle.close()
+            group.leave()
+        }
+        thread.start()
+    }
+
+    /// Waits for the process to exit (and its output to be read).
+    public func wait() async -> Exit {
+        if let e = exitBox.withLock({ $0 }) { return e }
+        return await withCheckedContinuation { c in
+            let done = exitBox.withLock { e -> Exit? in
+                if let e { return e }
+                waiters.withLock { $0.append(c) }
+                return nil
+            }
+            if let done { c.resume(returning: done) }
+        }
+    }
+
+    public func signal(_ sig: Int32) {
+        if process.isRunning { kill(process.processIdentifier, sig) }
+    }
+
+    /// Asks the process to stop (SIGTERM), and kills it when it has not exited after `grace` seconds.
+    public func terminate(grace: Double) {
+        signal(SIGTERM)
+        let pid = process.processIdentifier
+        DispatchQueue.global().asyncAfter(deadline: .now() + grace) { [exitBox] in
+            if exitBox.withLock({ $0 }) == nil { kill(pid, SIGKILL) }
+        }
+    }
+}

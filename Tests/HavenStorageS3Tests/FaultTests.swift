@@ -1,0 +1,91 @@
+import Foundation
+import HavenCore
+import HavenTestSupport
+import Testing
+
+/// Haven against SeaweedFS through `FaultProxy`: dropped, stalled and refused connections and 5xx answers
+/// are retried by the storage decorator, and the repository still checks clean.
+@Suite("S3 through a fault-injecting proxy", .seaweedFS)
+struct FaultTests {
+    struct Tools {
+        let haven: String
+        let server: SeaweedServer
+        let env: [String: String]
+
+        init() throws {
+            // The CLI tests' settings: a fixed password and a fast KDF.
+            haven = try HavenBinary.path()
+            server = try #require(SeaweedServer.current, "no SeaweedFS server (the suite trait starts one)")
+            env = server.environment.merging(["HAVEN_PASSWORD": "fault proxy password", "RESTIC_PASSWORD": "fault proxy password",
+                                              "HAVEN_KDF_PARAMS": "1024,8,1", "TZ": "UTC"]) { $1 }
+        }
+
+        func haven(_ args: [String]) async throws -> ProcessResult {
+            try await Run.process(haven, args, environment: env)
+        }
+    }
+
+    @Test("a backup through a flaky network succeeds thanks to retries; haven and restic check it, and it restores exactly")
+    func flakyBackup() async throws {
+        let t = try Tools()
+        let tmp = TempDir("faults")
+        let src = tmp.sub("src")
+        try Fixture.standardTree(at: src, seed: 31)
+        try Fixture.write(src + "/big.bin", SeededRandom.bytes(seed: 32, 6_000_000))
+        // One fault of each kind, spread over the first connections (a fault closes its connection, so the
+        // client keeps opening new ones); then a clean network.
+        let planned: [Int: FaultProxy.Fault] = [
+            2: .dropRequest(afterBytes: 150), 3: .http500, 5: .dropResponse(afterBytes: 60), 7: .slowDown,
+            8: .reset, 10: .stall(milliseconds: 300), 12: .dropRequest(afterBytes: 40_000), 14: .http500,
+        ]
+        let proxy = try FaultProxy(upstreamPort: t.server.s3Port) { planned[$0] ?? .none }
+        defer { proxy.stop() }
+        let prefix = "faults/" + UUID().uuidString.lowercased().prefix(8)
+        let viaProxy = "s3:http://127.0.0.1:\(proxy.port)/\(prefix)"
+        let direct = "s3:\(t.server.endpoint)/\(prefix)"
+
+        let start = Date()
+        let initResult = try await t.haven(["-r", viaProxy, "-v", "init"])
+        #expect(initResult.status == 0, "\(initResult)")
+        let backup = try await t.haven(["-r", viaProxy, "-v", "backup", src, "-o", "s3.connections=3"])
+        #expect(backup.status == 0, "\(backup)")
+        let check = try await t.haven(["-r", viaProxy, "-v", "check", "--read-data"])
+        #expect(check.status == 0, "\(check)")
+        let target = tmp.sub("restored")
+        let restore = try await t.haven(["-r", viaProxy, "-v", "restore", "latest", "--target", target])
+        #expect(restore.status == 0, "\(restore)")
+        let diffs = try TreeSnapshot(root: src).differences(from: TreeSnapshot(root: target + src))
+        #expect(diffs.isEmpty, "restore through the proxy differs: \(diffs)")
+        let elapsed = Date().timeIntervalSince(start)
+        print("faults injected: \(proxy.faults.count) over \(proxy.connections) connections in \(Int(elapsed)) s: \(proxy.faults)")
+        #expect(proxy.faults.count >= 6, "only \(proxy.faults.count) faults were injected: \(proxy.faults)")
+        // With -v every retry is printed as a warning.
+        let warnings = [initResult, backup, check, restore].map(\.stderr).joined()
+        #expect(warnings.contains("retry 1/5"), "no retry was logged: \(warnings)")
+
+        // restic, straight to the server, agrees that the repository is sound.
+        if let restic = Run.which("restic") {
+            let r = try await Run.process(restic, ["-r", direct, "check", "--read-data", "--no-cache"], environment: t.env)
+            #expect(r.status == 0, "restic check failed: \(r)")
+        } else {
+            Issue.record("restic is not installed: it is the format oracle (apt-get install restic)")
+        }
+    }
+
+    @Test("a store that answers only HTTP 500 fails with a clear error within bounded time")
+    func allServerErrors() async throws {
+        let t = try Tools()
+        let proxy = try FaultProxy(upstreamPort: t.server.s3Port) { _ in .http500 }
+        defer { proxy.stop() }
+        let start = Date()
+        let r = try await t.haven(["-r", "s3:http://127.0.0.1:\(proxy.port)/broken/repo", "-v", "snapshots"])
+        let elapsed = Date().timeIntervalSince(start)
+        #expect(r.status == 1, "\(r)")
+        #expect(r.stderr.contains("HTTP 500"), "\(r.stderr)")
+        #expect(r.stderr.contains("gave up after 6 attempts"), "\(r.stderr)")
+        #expect(r.stderr.contains("retry 5/5"), "the retries should be logged with -v: \(r.stderr)")
+        // Five retries with full-jitter backoff capped at 0.25, 0.5, 1, 2 and 4 s.
+        #expect(elapsed < 30, "took \(elapsed) s")
+        #expect(proxy.connections >= 6)
+    }
+}
