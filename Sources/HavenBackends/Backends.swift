@@ -99,7 +99,8 @@ public enum Backends {
         }
         if location.hasPrefix("sftp:") {
             let command = try options["sftp.command"].map(splitCommand)
-            return (try SFTPStorage(url: location, command: command), "sftp.connections")
+            let connections = options["sftp.connections"].flatMap { Int($0) } ?? 5
+            return (try SFTPStorage(url: location, command: command, connections: connections), "sftp.connections")
         }
         for scheme in ["rest", "b2", "azure", "gs", "rclone", "swift"] where location.hasPrefix(scheme + ":") {
             throw HavenError(.unsupported, "\(scheme): repositories are not supported; Haven supports local paths, s3: and sftp:")

@@ -44,6 +44,9 @@ struct DaemonCommand: AsyncParsableCommand {
             }
             tokens = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
                 .filter { !$0.isEmpty && !$0.hasPrefix("#") }
+            guard !tokens.isEmpty || !cfg.api.users.isEmpty else {
+                throw HavenError(.usage, "api.token_file \(file) holds no tokens and no api.users are configured; put one token per line in it")
+            }
         }
         let daemon = try Daemon(config: cfg, executable: try LocalRun.executablePath(), events: events)
         let api: APIServer
