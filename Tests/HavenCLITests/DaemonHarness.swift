@@ -169,7 +169,7 @@ struct DaemonSetup {
     }
 
     /// Writes the config: `backups` is the YAML under `backups:` (indented by 2), using `REPO` as the repository name.
-    func writeConfig(backups: String, extra: String = "") throws {
+    func writeConfig(backups: String, extra: String = "", extraRepositories: String = "") throws {
         let yaml = """
         host: testhost
         state_dir: \(state)
@@ -183,6 +183,7 @@ struct DaemonSetup {
           main:
             url: \(repo)
             password_file: \(tmp.sub("pass"))
+        \(extraRepositories)
         backups:
         \(backups)
         """

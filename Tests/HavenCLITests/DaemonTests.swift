@@ -360,4 +360,118 @@ struct DaemonTests {
         #expect(text.contains("haven_jobs_ended_total{kind=\"check\",state=\"finished\"} 1"))
         await d.stop()
     }
+
+    @Test("hooks: a timeout stops a hanging command, retries repeat a failing one, HTTP hooks call the URL")
+    func hookTimeoutRetriesAndHTTP() async throws {
+        let s = try await DaemonSetup("daemon-hooks")
+        let web = s.tmp.sub("web")
+        try Fixture.mkdir(web)
+        try Fixture.write(web + "/ok", Array("ok".utf8))
+        let port = try freePort()
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        server.arguments = ["python3", "-m", "http.server", String(port), "--bind", "127.0.0.1", "--directory", web]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        defer { server.terminate() }
+        let closed = try freePort()
+        let mark = s.tmp.sub("tried-once")
+        try s.writeConfig(backups: """
+          docs:
+            paths: [\(s.source)]
+            repositories: [main]
+            hooks:
+              before:
+                - command: "sleep 30"
+                  timeout: 1s
+                  on_failure: continue
+                - command: "test -f \(mark) || { touch \(mark); exit 1; }"
+                  retries: 1
+              failure:
+                - http: {url: "http://127.0.0.1:\(port)/ok", method: GET}
+                  retries: 5
+                - http: {url: "http://127.0.0.1:\(closed)/", method: POST, body: "failed"}
+                  on_failure: ignore
+        """)
+        let d = try await s.startDaemon()
+        defer { Task { await d.stop() } }
+        let started = Date()
+        let job = try await d.waitUntilEnded(try #require(try await d.run("docs").job?.id))
+        #expect(Date().timeIntervalSince(started) < 25, "the hanging hook was not stopped at its timeout")
+        #expect(job.state == .failed)
+        #expect(job.error?.contains("did not finish within 1s") == true, "\(job)")
+        #expect(try await s.snapshotCount() == 1, "on_failure: continue still backs up")
+        let log = try await d.get("/api/v1/jobs/\(job.id)/log")
+        let lines = (log.object["lines"] as? [[String: Any]] ?? []).compactMap { $0["message"] as? String }
+        #expect(lines.contains { $0.contains("before hook 2: attempt 2 of 2") }, "\(lines)")
+        #expect(lines.contains { $0.contains("before hook 2 succeeded") })
+        #expect(lines.contains { $0.contains("failure hook 1 succeeded") }, "\(lines)")
+        #expect(lines.contains { $0.contains("failure hook 2 failed (ignored)") && $0.contains("POST") })
+        await d.stop()
+    }
+
+    @Test("a closed time window keeps a backup pending; max_duration stops a slow one, which is not restarted at once; nice applies to the backup")
+    func windowMaxDurationAndNice() async throws {
+        let s = try await DaemonSetup("daemon-window")
+        try Fixture.mkdir(s.source + "/big")
+        for i in 0..<4 { try Fixture.write(s.source + "/big/blob\(i)", SeededRandom.bytes(seed: UInt64(300 + i), 3 << 20)) }
+        var utc = Calendar(identifier: .gregorian)
+        utc.timeZone = TimeZone(identifier: "UTC")!
+        let now = Date()
+        func hhmm(_ d: Date) -> String {
+            let c = utc.dateComponents([.hour, .minute], from: d)
+            return String(format: "%02d:%02d", c.hour!, c.minute!)
+        }
+        try s.writeConfig(backups: """
+          night:
+            paths: [\(s.source)]
+            repositories: [main]
+            window: {start: "\(hhmm(now.addingTimeInterval(7200)))", end: "\(hhmm(now.addingTimeInterval(10800)))"}
+          slow:
+            paths: [\(s.source)/big]
+            repositories: [slow]
+            limit_upload: 1024
+            max_duration: 4s
+            nice: 7
+        """, extraRepositories: """
+          slow:
+            url: \(s.tmp.sub("slowrepo"))
+            password_file: \(s.tmp.sub("pass"))
+        """)
+        try await s.cli.ok(["init", "-r", s.tmp.sub("slowrepo")])
+        let d = try await s.startDaemon()
+        defer { Task { await d.stop() } }
+        let night = try #require(try await d.run("night").job?.id)
+        let slow = try #require(try await d.run("slow").job?.id)
+        _ = try await d.waitFor(slow, timeout: 30) { ($0.progress?.bytesDone ?? 0) > 0 }
+        // The backup child runs with the configured niceness.
+        let pgrep = try await Run.process("/usr/bin/pgrep", ["-f", "haven backup \(s.source)/big"])
+        let pid = try #require(pgrep.stdout.split(separator: "\n").first.map(String.init), "no backup child found")
+        let stat = try String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)
+        let fields = stat[stat.range(of: ")")!.upperBound...].split(separator: " ")
+        #expect(fields[16] == "7", "niceness of the backup child: \(fields[16])")
+        let stopped = try await d.waitUntilEnded(slow, timeout: 60)
+        #expect(stopped.state == .interrupted)
+        #expect(stopped.error?.contains("max_duration 4s") == true, "\(stopped)")
+        try await Task.sleep(for: .seconds(2))
+        #expect(try await d.jobs().filter { $0.backup == "slow" }.count == 1, "max_duration must not restart the job at once")
+        #expect(try await d.job(night).state == .pending, "outside its window a backup waits")
+        await d.stop()
+    }
+
+    func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+        }
+        guard bound else { throw FixtureError.failed("no free port") }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
 }

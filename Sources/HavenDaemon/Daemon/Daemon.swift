@@ -129,7 +129,7 @@ public actor Daemon: DaemonControl {
         for (id, entry) in running {
             guard let job = try await store.job(id)?.record, let name = job.backup, let backup = config.backup(named: name) else { continue }
             if let window = backup.window, !window.contains(now, timeZone: timeZone) {
-                entry.runner.requestStop(.interrupted("the time window \(window) closed; the backup continues when it opens again"))
+                entry.runner.requestStop(.windowClosed("the time window \(window) closed; the backup continues when it opens again"))
             }
             if let max = backup.maxDuration, let started = job.startedAt, now.timeIntervalSince(started) > max {
                 entry.runner.requestStop(.interrupted("max_duration \(DurationParser.format(max)) reached; the backup continues at its next run"))
@@ -197,8 +197,9 @@ public actor Daemon: DaemonControl {
         fields["state"] = .string(outcome.state.rawValue)
         if let e = outcome.error { fields["error"] = .string(e) }
         events.log(outcome.state == .failed ? "error" : "info", "job \(job.id) \(outcome.state.rawValue)", fields: fields)
-        // A backup stopped by its time window continues when the window opens again.
-        if outcome.state == .interrupted, !stopping, job.kind == .backup, let name = job.backup, let backup = config.backup(named: name) {
+        // A backup stopped by its time window continues when the window opens again (the resume job waits
+        // for it); one stopped by max_duration continues at its next run.
+        if case .windowClosed = outcome.stopReason, !stopping, job.kind == .backup, let name = job.backup, let backup = config.backup(named: name) {
             _ = try? await enqueue(kind: .backup, backup: backup, priority: backup.priority, trigger: .resume, force: false, resumes: job.id)
         }
     }

@@ -14,6 +14,8 @@ public final class ChildProcess: Sendable {
     }
 
     let process: Process
+    /// Whether signals go to the child's whole process group (everything it started).
+    let signalsGroup: Bool
     private let exitBox = Locked<Exit?>(nil)
     private let waiters = Locked<[CheckedContinuation<Exit, Never>]>([])
     private let readers = DispatchGroup()
@@ -22,8 +24,12 @@ public final class ChildProcess: Sendable {
 
     /// Starts `arguments[0]` (looked up in PATH when it has no slash) with `environment`.
     /// `onLine` is called with each line of stdout (`false`) and stderr (`true`), in order per stream.
+    /// With `newProcessGroup`, stopping the child also stops whatever it started (a hook's `sleep`, a
+    /// pipeline): Foundation starts each child as the leader of its own process group, and signals go to
+    /// that group.
     public init(_ arguments: [String], environment: [String: String]? = nil, directory: String? = nil,
-                stdin: String? = nil, onLine: @escaping @Sendable (_ stderr: Bool, _ line: String) -> Void) throws {
+                stdin: String? = nil, newProcessGroup: Bool = false,
+                onLine: @escaping @Sendable (_ stderr: Bool, _ line: String) -> Void) throws {
         guard let first = arguments.first else { throw HavenError(.usage, "empty command") }
         let p = Process()
         if first.contains("/") {
@@ -45,9 +51,16 @@ public final class ChildProcess: Sendable {
         p.terminationHandler = { [exitBox, waiters, readers] proc in
             let exit = Exit(code: proc.terminationReason == .uncaughtSignal ? 128 + proc.terminationStatus : proc.terminationStatus,
                             signaled: proc.terminationReason == .uncaughtSignal)
-            // Deliver the exit only after both streams are drained, so callers see every line first.
-            readers.notify(queue: .global()) {
-                exitBox.withLock { $0 = exit }
+            // Deliver the exit once both streams are drained, so callers see every line first — but no
+            // later than 5 s after the exit, in case something the child started still holds the pipes.
+            DispatchQueue.global().async {
+                _ = readers.wait(timeout: .now() + 5)
+                let first = exitBox.withLock { e -> Bool in
+                    if e != nil { return false }
+                    e = exit
+                    return true
+                }
+                guard first else { return }
                 let list = waiters.withLock { w -> [CheckedContinuation<Exit, Never>] in defer { w = [] }; return w }
                 for c in list { c.resume(returning: exit) }
             }
@@ -57,6 +70,7 @@ public final class ChildProcess: Sendable {
         } catch {
             throw HavenError(.io, "cannot start \(first): \(error.localizedDescription)")
         }
+        signalsGroup = newProcessGroup && getpgid(p.processIdentifier) == p.processIdentifier
         Self.readLines(out.fileHandleForReading, stderr: false, group: readers, onLine: onLine)
         Self.readLines(err.fileHandleForReading, stderr: true, group: readers, onLine: onLine)
         if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
@@ -106,15 +120,16 @@ public final class ChildProcess: Sendable {
     }
 
     public func signal(_ sig: Int32) {
-        if process.isRunning { kill(process.processIdentifier, sig) }
+        guard process.isRunning else { return }
+        kill(signalsGroup ? -process.processIdentifier : process.processIdentifier, sig)
     }
 
     /// Asks the process to stop (SIGTERM), and kills it when it has not exited after `grace` seconds.
     public func terminate(grace: Double) {
         signal(SIGTERM)
-        let pid = process.processIdentifier
+        let target = signalsGroup ? -process.processIdentifier : process.processIdentifier
         DispatchQueue.global().asyncAfter(deadline: .now() + grace) { [exitBox] in
-            if exitBox.withLock({ $0 }) == nil { kill(pid, SIGKILL) }
+            if exitBox.withLock({ $0 }) == nil { kill(target, SIGKILL) }
         }
     }
 }

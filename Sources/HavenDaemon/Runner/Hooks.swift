@@ -77,15 +77,17 @@ public struct HookRunner: Sendable {
     func runCommand(_ command: String, timeout: TimeInterval, name: String) async throws {
         let tail = Locked<[String]>([])
         let logSink = log
-        let child = try ChildProcess(["/bin/sh", "-c", command], environment: environment) { isErr, line in
+        let child = try ChildProcess(["/bin/sh", "-c", command], environment: environment, newProcessGroup: true) { isErr, line in
             tail.withLock { t in
                 t.append(line)
                 if t.count > 20 { t.removeFirst() }
             }
             Task { await logSink(isErr ? "warning" : "info", "\(name): \(line)") }
         }
+        let expired = Locked(false)
         let timer = Task {
             try await Task.sleep(for: .seconds(timeout))
+            expired.withLock { $0 = true }
             child.terminate(grace: 5)
         }
         let exit = await withTaskCancellationHandler {
@@ -93,7 +95,7 @@ public struct HookRunner: Sendable {
         } onCancel: {
             child.terminate(grace: 5)
         }
-        let timedOut = timer.isCancelled == false && exit.signaled
+        let timedOut = expired.withLock { $0 }
         timer.cancel()
         if exit.code != 0 {
             if timedOut { throw HookError(description: "`\(command)` did not finish within \(DurationParser.format(timeout)) and was stopped") }

@@ -7,19 +7,23 @@ public struct JobOutcome: Sendable {
     public var state: JobState
     public var results: [RepositoryResult]
     public var error: String?
+    /// Why the job was stopped, when it was.
+    public var stopReason: StopReason? = nil
 }
 
 /// Why a running job is being stopped.
 public enum StopReason: Sendable, Equatable {
     /// Asked through the API or CLI: the job ends `cancelled`.
     case cancelled
-    /// Shutdown, the end of the time window, or `max_duration`: the job ends `interrupted` and is resumed later.
+    /// Shutdown or `max_duration`: the job ends `interrupted` and continues at the next start or run.
     case interrupted(String)
+    /// The end of the backup's time window: the job ends `interrupted` and a resume job waits for the window.
+    case windowClosed(String)
 
     var message: String {
         switch self {
         case .cancelled: return "cancelled on request"
-        case .interrupted(let why): return why
+        case .interrupted(let why), .windowClosed(let why): return why
         }
     }
 }
@@ -164,7 +168,7 @@ public final class JobRunner: Sendable {
     }
 
     func stopped(_ reason: StopReason, results: [RepositoryResult]) -> JobOutcome {
-        JobOutcome(state: reason == .cancelled ? .cancelled : .interrupted, results: results, error: reason.message)
+        JobOutcome(state: reason == .cancelled ? .cancelled : .interrupted, results: results, error: reason.message, stopReason: reason)
     }
 
     static func describe(_ outcome: HookRunner.Outcome) -> String {
