@@ -12,12 +12,17 @@ struct DaemonTests {
     @Test("a backup asked through the API goes pending → running → finished, and a second one pends meanwhile")
     func queueThroughAPI() async throws {
         let s = try await DaemonSetup("daemon-queue")
+        // The slow backup's before-hook waits until the test opens the gate, so the order of events does
+        // not depend on how busy the machine is.
+        let gate = s.tmp.sub("gate")
         try s.writeConfig(backups: """
           slow:
             paths: [\(s.source)]
             repositories: [main]
             hooks:
-              before: ["sleep 3"]
+              before:
+                - command: "while [ ! -f \(gate) ]; do sleep 0.1; done"
+                  timeout: 2m
           quick:
             paths: [\(s.source)]
             repositories: [main]
@@ -43,6 +48,7 @@ struct DaemonTests {
         #expect(again.job?.id == quickID)
         #expect(again.job?.priority == "high")
 
+        try Fixture.write(gate, [])
         let slow = try await d.waitUntilEnded(slowID)
         #expect(slow.state == .finished, "\(slow)")
         #expect(slow.results.first?.snapshotID != nil)
