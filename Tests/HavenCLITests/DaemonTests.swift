@@ -279,6 +279,42 @@ struct DaemonTests {
         #expect(try await s.snapshotCount() == 2)
     }
 
+    @Test("retention, prune and check run on their own schedules, each as its own job")
+    func maintenanceSchedules() async throws {
+        let s = try await DaemonSetup("daemon-maint")
+        try s.writeConfig(backups: """
+          docs:
+            paths: [\(s.source)]
+            repositories: [main]
+            schedules: ["*/2 * * * * *"]
+            retention:
+              keep_last: 1
+              schedules: ["*/3 * * * * *"]
+            prune:
+              schedules: ["*/3 * * * * *"]
+              max_unused: 0
+            check:
+              schedules: ["*/3 * * * * *"]
+              read_data_subset: 1/2
+        """)
+        let d = try await s.startDaemon()
+        defer { Task { await d.stop() } }
+        let deadline = Date().addingTimeInterval(90)
+        var done: Set<JobKind> = []
+        while Date() < deadline {
+            done = Set(try await d.jobs().filter { $0.state == .finished }.map(\.kind))
+            if done == Set(JobKind.allCases) { break }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        let all = try await d.jobs().map { "\($0.kind) \($0.state) \($0.error ?? "")" }
+        #expect(done == Set(JobKind.allCases), "\(all)")
+        let failed = try await d.jobs().filter { $0.state == .failed }
+        #expect(failed.isEmpty, "\(failed)")
+        await d.stop()
+        // Retention ran separately from the backups: at most the backups made since the last forget remain.
+        try await s.cli.resticOK(["-r", s.repo, "check"])
+    }
+
     @Test("run --local: backs up when due, then prints why it does nothing and exits 0")
     func localRun() async throws {
         let s = try await DaemonSetup("daemon-local")
