@@ -476,6 +476,7 @@ struct DaemonTests {
             limit_upload: 1024
             max_duration: 4s
             nice: 7
+            ionice: {class: best-effort, level: 6}
         """, extraRepositories: """
           slow:
             url: \(s.tmp.sub("slowrepo"))
@@ -493,6 +494,8 @@ struct DaemonTests {
         let stat = try String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)
         let fields = stat[stat.range(of: ")")!.upperBound...].split(separator: " ")
         #expect(fields[16] == "7", "niceness of the backup child: \(fields[16])")
+        let io = try await Run.process("/usr/bin/ionice", ["-p", pid])
+        #expect(io.stdout.contains("best-effort: prio 6"), "\(io)")
         let stopped = try await d.waitUntilEnded(slow, timeout: 60)
         #expect(stopped.state == .interrupted)
         #expect(stopped.error?.contains("max_duration 4s") == true, "\(stopped)")
@@ -500,6 +503,43 @@ struct DaemonTests {
         #expect(try await d.jobs().filter { $0.backup == "slow" }.count == 1, "max_duration must not restart the job at once")
         #expect(try await d.job(night).state == .pending, "outside its window a backup waits")
         await d.stop()
+    }
+
+    @Test("a backup still running when its time window closes is interrupted, and a resume job waits for the window")
+    func windowClosesDuringBackup() async throws {
+        var utc = Calendar(identifier: .gregorian)
+        utc.timeZone = TimeZone(identifier: "UTC")!
+        // The window ends at the next minute; leave the backup at least 15 s to start first.
+        if utc.component(.second, from: Date()) > 45 { try await Task.sleep(for: .seconds(16)) }
+        let s = try await DaemonSetup("daemon-window-end")
+        try Fixture.mkdir(s.source + "/big")
+        for i in 0..<4 { try Fixture.write(s.source + "/big/blob\(i)", SeededRandom.bytes(seed: UInt64(400 + i), 3 << 20)) }
+        let now = Date()
+        func hhmm(_ d: Date) -> String {
+            let c = utc.dateComponents([.hour, .minute], from: d)
+            return String(format: "%02d:%02d", c.hour!, c.minute!)
+        }
+        let nextMinute = utc.nextDate(after: now, matching: DateComponents(second: 0), matchingPolicy: .nextTime)!
+        try s.writeConfig(backups: """
+          docs:
+            paths: [\(s.source)]
+            repositories: [main]
+            limit_upload: 64
+            window: {start: "\(hhmm(now.addingTimeInterval(-3600)))", end: "\(hhmm(nextMinute))"}
+        """)
+        let d = try await s.startDaemon()
+        defer { Task { await d.stop() } }
+        let id = try #require(try await d.run("docs").job?.id)
+        _ = try await d.waitFor(id, timeout: 30) { $0.state == .running }
+        let job = try await d.waitUntilEnded(id, timeout: 90)
+        #expect(job.state == .interrupted)
+        #expect(job.error?.contains("time window") == true, "\(job)")
+        #expect(Date() >= nextMinute)
+        let resume = try await d.jobs().first { $0.resumes == id }
+        #expect(resume?.state == .pending, "\(String(describing: resume))")
+        #expect(resume?.trigger == "resume")
+        await d.stop()
+        try await s.cli.resticOK(["-r", s.repo, "check"])
     }
 
     func freePort() throws -> Int {
