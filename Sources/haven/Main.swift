@@ -11,6 +11,9 @@ struct Main {
     static func main() async {
         // restic accepts global flags before the command name; ArgumentParser wants them after it.
         let args = GlobalOptions.reorder(Array(CommandLine.arguments.dropFirst()))
+        // A reader that went away (a dead daemon, `| head`) must not kill a command holding a lock: writes
+        // then fail quietly and the command finishes or stops cleanly.
+        signal(SIGPIPE, SIG_IGN)
         // A job the daemon started stops when the daemon dies, rather than writing on behind its back.
         if let parent = ProcessInfo.processInfo.environment["HAVEN_PARENT_PID"].flatMap(Int32.init) {
             _ = haven_set_parent_death_signal(SIGTERM)

@@ -29,7 +29,7 @@ struct Output: Sendable {
     /// One JSON document per line, written at once (not buffered), so a reader of a pipe — the daemon
     /// following a job's progress — sees each line when it is printed.
     func printJSON(_ value: Any) {
-        FileHandle.standardOutput.write(Data((JSON.string(value) + "\n").utf8))
+        try? FileHandle.standardOutput.write(contentsOf: Data((JSON.string(value) + "\n").utf8))
     }
 
     static func error(_ e: HavenError) {
@@ -39,7 +39,7 @@ struct Output: Sendable {
 
 enum FileHandleOutput {
     static func stderr(_ s: String) {
-        FileHandle.standardError.write(Data((s + "\n").utf8))
+        try? FileHandle.standardError.write(contentsOf: Data((s + "\n").utf8))
     }
 }
 

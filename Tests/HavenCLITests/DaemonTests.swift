@@ -188,6 +188,7 @@ struct DaemonTests {
         for i in 0..<6 { try Fixture.write(s.source + "/big/blob\(i)", SeededRandom.bytes(seed: UInt64(100 + i), 3 << 20)) }
         let id = try #require(try await d.run("docs", query: "?force=true").job?.id)
         _ = try await d.waitFor(id, timeout: 60) { ($0.progress?.bytesDone ?? 0) > 0 }
+        let firstDaemonPID = d.process.processIdentifier
         d.signal(SIGKILL)
         _ = await d.waitForExit(timeout: 10)
         await d.stop()
@@ -209,6 +210,18 @@ struct DaemonTests {
         #expect(r.trigger == "resume")
         #expect(r.state == .finished, "\(r)")
         await d2.stop()
+        // No backup process of the first daemon is left running (it got SIGTERM when its parent died).
+        var leftover = ""
+        for _ in 0..<150 {
+            leftover = try await Run.process("/usr/bin/pgrep", ["-af", "haven backup \(s.source)"]).stdout
+            if leftover.isEmpty { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        #expect(leftover.isEmpty, "backup processes outlived their daemon: \(leftover)")
+        let locks = (try? FileManager.default.contentsOfDirectory(atPath: s.repo + "/locks")) ?? []
+        var lockInfo = ""
+        for l in locks { lockInfo += try await s.cli.run(["-r", s.repo, "cat", "lock", l]).stdout }
+        #expect(locks.isEmpty, "locks left behind: \(lockInfo) — first daemon pid \(firstDaemonPID), second \(d2.process.processIdentifier)")
         try await s.cli.resticOK(["-r", s.repo, "check", "--read-data"])
         let restored = s.tmp.sub("restored")
         try await s.cli.resticOK(["-r", s.repo, "restore", "latest", "--target", restored])

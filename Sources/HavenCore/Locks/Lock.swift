@@ -194,7 +194,9 @@ public final class Lock: Sendable {
             try await checkConflicts(repository: repository, exclusive: exclusive, ignoring: id, timing: timing,
                                      localHost: localHost, warning: warning)
         } catch {
-            try? await repository.storage.remove(Handle(.lock, id))
+            // Also when cancelled (SIGTERM right after the lock was written): the removal runs in a task of its
+            // own, which the cancellation does not reach, so no lock is left behind.
+            await Task { try? await repository.storage.remove(Handle(.lock, id)) }.value
             throw error
         }
         let lock = Lock(repository: repository, exclusive: exclusive, fileID: id, timing: timing, warning: warning)

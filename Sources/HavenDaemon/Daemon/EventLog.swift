@@ -17,7 +17,7 @@ public final class EventLog: Sendable {
     public init(format: LogFormat, level: LogLevel, sink: (@Sendable (String) -> Void)? = nil) {
         self.format = format
         self.level = level
-        self.sink = sink ?? { line in FileHandle.standardError.write(Data((line + "\n").utf8)) }
+        self.sink = sink ?? { line in try? FileHandle.standardError.write(contentsOf: Data((line + "\n").utf8)) }
     }
 
     static func rank(_ level: String) -> Int {

@@ -66,7 +66,7 @@ public final class ChildProcess: Sendable {
             }
         }
         do {
-            try p.run()
+            try Spawner.shared.run { try p.run() }
         } catch {
             throw HavenError(.io, "cannot start \(first): \(error.localizedDescription)")
         }
@@ -131,5 +131,45 @@ public final class ChildProcess: Sendable {
         DispatchQueue.global().asyncAfter(deadline: .now() + grace) { [exitBox] in
             if exitBox.withLock({ $0 }) == nil { kill(target, SIGKILL) }
         }
+    }
+}
+
+/// Starts children from one thread that lives as long as the process.
+///
+/// A child started with `HAVEN_PARENT_PID` asks the kernel for SIGTERM when its parent dies, and Linux
+/// sends that signal when the *thread* that started it ends — a worker thread of the concurrency pool
+/// can end at any idle moment, which would stop a healthy backup.
+final class Spawner: @unchecked Sendable {
+    static let shared = Spawner()
+    private let lock = NSCondition()
+    private var work: [() -> Void] = []
+
+    private init() {
+        let thread = Thread { [self] in
+            while true {
+                lock.lock()
+                while work.isEmpty { lock.wait() }
+                let next = work.removeFirst()
+                lock.unlock()
+                next()
+            }
+        }
+        thread.name = "haven-spawner"
+        thread.start()
+    }
+
+    /// Runs `body` on the spawner thread and waits for it.
+    func run(_ body: @escaping () throws -> Void) throws {
+        let done = DispatchSemaphore(value: 0)
+        var failure: (any Error)?
+        lock.lock()
+        work.append {
+            do { try body() } catch { failure = error }
+            done.signal()
+        }
+        lock.signal()
+        lock.unlock()
+        done.wait()
+        if let failure { throw failure }
     }
 }

@@ -116,6 +116,11 @@ public final class JobRunner: Sendable {
                 results.append(RepositoryResult(repository: name, ok: false, error: "repository \"\(name)\" is not in the configuration"))
                 continue
             }
+            // A job that died may have left its lock behind (killed before it could remove it): remove
+            // locks whose process is gone, as `haven unlock` does, before continuing.
+            if job.trigger == Trigger.resume.rawValue {
+                _ = try? await runHaven(["unlock"], repository: repo, backup: backup, job: job, log: log, step: "unlock")
+            }
             var args = ["backup"] + backup.paths.map { absolute($0) }
             args += ["--host", host]
             for t in backup.tags { args += ["--tag", t] }

@@ -298,9 +298,9 @@ struct ProgressReporter: Sendable {
                 }
                 if s.errors > 0 { line += ", \(s.errors) errors" }
                 if let f = s.currentFiles.first { line += "  " + String(f.suffix(60)) }
-                FileHandle.standardOutput.write(Data(("\r\u{1b}[2K" + String(line.prefix(Terminal.columns - 1))).utf8))
+                try? FileHandle.standardOutput.write(contentsOf: Data(("\r\u{1b}[2K" + String(line.prefix(Terminal.columns - 1))).utf8))
             }
         }
-        if terminal && !output.json { FileHandle.standardOutput.write(Data("\r\u{1b}[2K".utf8)) }
+        if terminal && !output.json { try? FileHandle.standardOutput.write(contentsOf: Data("\r\u{1b}[2K".utf8)) }
     }
 }

@@ -123,11 +123,11 @@ struct Cat: AsyncParsableCommand {
     }
 
     static func write(_ bytes: [UInt8]) {
-        FileHandle.standardOutput.write(Data(bytes))
+        try? FileHandle.standardOutput.write(contentsOf: Data(bytes))
     }
 
     static func write(_ s: String) {
-        FileHandle.standardOutput.write(Data(s.utf8))
+        try? FileHandle.standardOutput.write(contentsOf: Data(s.utf8))
     }
 
     /// Prints JSON indented like Go's json.MarshalIndent (two spaces, fields in stored order).

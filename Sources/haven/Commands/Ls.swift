@@ -102,7 +102,7 @@ struct LinePrinter {
     mutating func flush() {
         guard !buffer.isEmpty else { return }
         fflush(nil)  // anything print() buffered comes first
-        FileHandle.standardOutput.write(Data(buffer))
+        try? FileHandle.standardOutput.write(contentsOf: Data(buffer))
         buffer.removeAll(keepingCapacity: true)
     }
 }

@@ -119,8 +119,8 @@ final class RestoreReporter: Sendable {
             if p.bytesDone > 0 && p.bytesTotal > p.bytesDone {
                 line += ", ETA \(Format.duration(Double(p.bytesTotal - p.bytesDone) / (Double(p.bytesDone) / elapsed)))"
             }
-            FileHandle.standardOutput.write(Data(("\r\u{1b}[2K" + String(line.prefix(Terminal.columns - 1))).utf8))
+            try? FileHandle.standardOutput.write(contentsOf: Data(("\r\u{1b}[2K" + String(line.prefix(Terminal.columns - 1))).utf8))
         }
-        FileHandle.standardOutput.write(Data("\r\u{1b}[2K".utf8))
+        try? FileHandle.standardOutput.write(contentsOf: Data("\r\u{1b}[2K".utf8))
     }
 }
