@@ -150,7 +150,7 @@ public actor Daemon: DaemonControl {
         let start = QueuePolicy.startable(pending: eligible.map(queued), running: active.map(queued), maxConcurrent: config.concurrency)
         for q in start {
             guard let job = pending.first(where: { $0.record.id == q.id }) else { continue }
-            guard try await store.claim(q.id, now: now) else { continue }
+            guard try await store.claim(q.id, now: Date()) else { continue }
             launch(job)
         }
     }
