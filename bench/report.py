@@ -4,17 +4,21 @@
   report.py OUTDIR RESULTS_MD
 
 OUTDIR holds (tab-separated, one record a line):
-  meta.tsv    key, value
+  meta.tsv    key, value (tools: the tools that ran, storage: local or s3, ...)
   corpora.tsv corpus, description, files_v1, bytes_v1, files_v2, bytes_v2
-  steps.tsv   round, corpus, tool, step, wall_s, user_s, sys_s, maxrss_kb, exit_code
-  sizes.tsv   round, corpus, tool, when, bytes
+  steps.tsv   round, corpus, tool, step, wall_s, user_s, sys_s, maxrss_kb, exit_code[, server_cpu_s, requests]
+  sizes.tsv   round, corpus, tool, when, bytes[, objects]
   verify.tsv  round, corpus, tool, result (ok|DIFFERS|SKIPPED), detail
+
+server_cpu_s (S3 only) is the CPU time the SeaweedFS server used during the step, requests (S3 only) the S3
+requests it served during the step by type ("GET=12,LIST=3,PUT=4"); objects (S3 only) the number of objects
+in the repository.
 """
 import os
 import statistics
 import sys
 
-TOOLS = ["haven", "restic", "borg"]
+ALL_TOOLS = ["haven", "restic", "borg"]
 STEPS = [
     ("init", "init", None),
     ("backup1", "first backup", 0.35),
@@ -79,23 +83,39 @@ def fmt_ratio(r, target):
 
 
 def main(outdir, results_md):
-    meta = dict((r[0], r[1]) for r in read_tsv(os.path.join(outdir, "meta.tsv")) if len(r) >= 2)
+    meta = dict((r[0], r[1] if len(r) > 1 else "") for r in read_tsv(os.path.join(outdir, "meta.tsv")) if r)
+    tools = [t for t in ALL_TOOLS if t in meta.get("tools", " ".join(ALL_TOOLS)).split()]
+    s3 = meta.get("storage") == "s3"
+    ratios = "haven" in tools and "restic" in tools
     corpora = read_tsv(os.path.join(outdir, "corpora.tsv"))
     steps = read_tsv(os.path.join(outdir, "steps.tsv"))
     sizes = read_tsv(os.path.join(outdir, "sizes.tsv"))
     verify = read_tsv(os.path.join(outdir, "verify.tsv"))
 
     # (corpus, tool, step) -> list of (wall, cpu, rss) for successful rounds; failures counted separately.
-    samples, failures = {}, {}
-    for rnd, corpus, tool, step, wall, user, sys_, rss, code in steps:
+    samples, failures, server, reqs = {}, {}, {}, {}
+    for row in steps:
+        rnd, corpus, tool, step, wall, user, sys_, rss, code = row[:9]
         key = (corpus, tool, step)
         if int(code) in OK_CODES.get(tool, {0}):
             samples.setdefault(key, []).append((float(wall), float(user) + float(sys_), int(rss)))
+            if len(row) > 9 and row[9]:
+                server.setdefault(key, []).append(float(row[9]))
+            if len(row) > 10 and row[10]:
+                by_type = {}
+                for item in row[10].split(","):
+                    k, _, v = item.partition("=")
+                    if v:
+                        by_type[k] = int(v)
+                reqs.setdefault(key, []).append(by_type)
         else:
             failures.setdefault(key, []).append((rnd, code))
-    size_samples = {}
-    for rnd, corpus, tool, when, b in sizes:
+    size_samples, object_samples = {}, {}
+    for row in sizes:
+        rnd, corpus, tool, when, b = row[:5]
         size_samples.setdefault((corpus, tool, when), []).append(int(b))
+        if len(row) > 5 and row[5]:
+            object_samples.setdefault((corpus, tool, when), []).append(int(row[5]))
 
     def med(corpus, tool, step):
         s = samples.get((corpus, tool, step))
@@ -108,28 +128,81 @@ def main(outdir, results_md):
         s = size_samples.get((corpus, tool, when))
         return int(statistics.median(s)) if s else None
 
+    def med_objects(corpus, tool, when):
+        s = object_samples.get((corpus, tool, when))
+        return int(statistics.median(s)) if s else None
+
+    def med_server(corpus, tool, step):
+        s = server.get((corpus, tool, step))
+        return statistics.median(s) if s else None
+
+    def med_requests(corpus, tool, step):
+        """(total, {type: count}) as medians over the rounds, or None."""
+        s = reqs.get((corpus, tool, step))
+        if not s:
+            return None
+        kinds = sorted({k for d in s for k in d})
+        return (statistics.median(sum(d.values()) for d in s),
+                {k: statistics.median(d.get(k, 0) for d in s) for k in kinds})
+
+    def fmt_requests(r):
+        if r is None:
+            return "—"
+        total, by_type = r
+        parts = ", ".join(f"{k} {v:g}" for k, v in sorted(by_type.items(), key=lambda kv: -kv[1]) if v)
+        return f"{total:g}" + (f" ({parts})" if parts else "")
+
     out = []
-    out.append("# Haven benchmark results\n")
+    if s3:
+        out.append("# Haven benchmark results: S3 storage (SeaweedFS on loopback)\n")
+        out.append(f"- **Storage: S3** — SeaweedFS {meta.get('seaweedfs_version', '?')}, one `weed server` process "
+                   "(master, volume server, filer, S3 gateway) on 127.0.0.1 of the same machine, plain HTTP, "
+                   "signed requests (AWS Signature V4), a fresh bucket per round, corpus and tool. No network "
+                   "latency or bandwidth limit: this measures request count and client efficiency, not a WAN. "
+                   "The server shares the CPUs with the tool being measured.")
+    else:
+        out.append("# Haven benchmark results\n")
+        out.append("- Storage: local directory on the same disk as the corpora.")
     out.append(f"- Date: {meta.get('date', '?')}")
     out.append(f"- Machine: {meta.get('nproc', '?')} CPUs ({meta.get('cpu', '?')}), {meta.get('memory', '?')} memory, "
                f"kernel {meta.get('kernel', '?')}")
-    out.append(f"- Haven: {meta.get('haven_version', '?')} (commit {meta.get('haven_commit', '?')}, release build)")
-    out.append(f"- restic: {meta.get('restic_version', '?')} (compression auto, cache in a per-run temp dir)")
-    out.append(f"- borg: {meta.get('borg_version', '?')} (`-e repokey`, `--compression zstd,3`)")
+    if "haven" in tools:
+        out.append(f"- Haven: {meta.get('haven_version', '?')} (commit {meta.get('haven_commit', '?')}, release build)")
+    if "restic" in tools:
+        out.append(f"- restic: {meta.get('restic_version', '?')} (compression auto, cache in a per-run temp dir)")
+    if "borg" in tools:
+        out.append(f"- borg: {meta.get('borg_version', '?')} (`-e repokey`, `--compression zstd,3`)")
+    if meta.get("not_run"):
+        out.append(f"- Not run: {meta['not_run']}.")
     out.append(f"- Mode: {meta.get('mode', '?')}; rounds: {meta.get('rounds', '?')} (median shown); "
                f"corpora: {meta.get('corpora', '?')}; total run time {meta.get('elapsed', '?')}")
     out.append("- Page cache warm: each tool gets a fresh copy of the corpus at the same path, read once before its "
                "first backup (and again after the change to the next version).")
-    out.append("- Cells are `wall / CPU (user+sys) / peak RSS`; ratios are Haven ÷ restic, ✅ = meets the target "
-               "from the performance issue, ❌ = misses it.\n")
+    cells = "- Cells are `wall / CPU (user+sys) / peak RSS`"
+    if s3:
+        cells += (" of the client only; a second table per corpus gives, for each step, the S3 requests SeaweedFS "
+                  "served (its Prometheus counter, by HTTP method; GET-range = partial reads, status 206; GET-404 etc. = "
+                  "error answers; LIST = bucket listings) and the CPU time it used")
+    if ratios:
+        cells += ("; ratios are Haven ÷ restic, ✅ = meets the target from the performance issue, ❌ = misses it"
+                  + (" (the targets were set for local repositories)" if s3 else ""))
+    else:
+        cells += "; no Haven ÷ restic ratios: they need both haven and restic in `--tools`"
+    out.append(cells + ".")
+    if s3:
+        out.append("- Repository size on S3: the sum of the object sizes under the repository prefix (ListObjectsV2), "
+                   "with the object count; SeaweedFS's own disk use (volume files, filer metadata, deleted data "
+                   "until vacuum) is not counted.")
+    out.append("")
 
-    out.append("## Targets (Haven ÷ restic)\n")
-    out.append("| metric | target |\n|---|---|")
-    for _, label, target in STEPS:
-        if target is not None:
-            out.append(f"| {label} (wall) | ≤ {target:.2f} |")
-    out.append(f"| repository size | ≤ {SIZE_TARGET:.2f} |")
-    out.append(f"| peak RSS (every step) | ≤ {RSS_TARGET:.2f} |\n")
+    if ratios:
+        out.append("## Targets (Haven ÷ restic)\n")
+        out.append("| metric | target |\n|---|---|")
+        for _, label, target in STEPS:
+            if target is not None:
+                out.append(f"| {label} (wall) | ≤ {target:.2f} |")
+        out.append(f"| repository size | ≤ {SIZE_TARGET:.2f} |")
+        out.append(f"| peak RSS (every step) | ≤ {RSS_TARGET:.2f} |\n")
 
     out.append("## Corpora\n")
     out.append("| corpus | description | v1 files | v1 size | next version files | next version size |")
@@ -141,13 +214,17 @@ def main(outdir, results_md):
     summary = {}
     for c in corpora:
         corpus = c[0]
-        out.append(f"## {corpus}\n")
-        out.append("| step | haven wall / CPU / RSS | restic wall / CPU / RSS | borg wall / CPU / RSS "
-                   "| haven/restic wall | haven/restic RSS |")
-        out.append("|---|---|---|---|---|---|")
+        out.append(f"## {corpus}{' (S3)' if s3 else ''}\n")
+        head = "| step | " + " | ".join(f"{t} wall / CPU / RSS" for t in tools)
+        ncols = 1 + len(tools)
+        if ratios:
+            head += " | haven/restic wall | haven/restic RSS"
+            ncols += 2
+        out.append(head + " |")
+        out.append("|" + "---|" * ncols)
         for step, label, target in STEPS:
             cells = []
-            for tool in TOOLS:
+            for tool in tools:
                 m = med(corpus, tool, step)
                 fails = failures.get((corpus, tool, step))
                 if m is None:
@@ -161,21 +238,44 @@ def main(outdir, results_md):
             rw = ratio(h and h[0], r and r[0])
             rr = ratio(h and h[2], r and r[2])
             summary[(corpus, step)] = (rw, rr)
-            out.append(f"| {label} | {' | '.join(cells)} | {fmt_ratio(rw, target)} | {fmt_ratio(rr, RSS_TARGET)} |")
+            row = f"| {label} | {' | '.join(cells)} |"
+            if ratios:
+                row += f" {fmt_ratio(rw, target)} | {fmt_ratio(rr, RSS_TARGET)} |"
+            out.append(row)
         out.append("")
-        out.append("| repository size | haven | restic | borg | haven/restic |")
-        out.append("|---|---|---|---|---|")
+        if s3:
+            out.append("| server side (SeaweedFS) | " + " | ".join(f"{t} S3 requests (by type) / server CPU"
+                                                              for t in tools) +
+                       (" | haven/restic requests | haven/restic server CPU |" if ratios else " |"))
+            out.append("|" + "---|" * (1 + len(tools) + (2 if ratios else 0)))
+            for step, label, _ in STEPS:
+                cells = [f"{fmt_requests(med_requests(corpus, t, step))} / {fmt_time(med_server(corpus, t, step))}"
+                         for t in tools]
+                row = f"| {label} | " + " | ".join(cells) + " |"
+                if ratios:
+                    hr, rr_ = med_requests(corpus, "haven", step), med_requests(corpus, "restic", step)
+                    row += (f" {fmt_ratio(ratio(hr and hr[0], rr_ and rr_[0]), None)} |"
+                            f" {fmt_ratio(ratio(med_server(corpus, 'haven', step), med_server(corpus, 'restic', step)), None)} |")
+                out.append(row)
+            out.append("")
+        size_head = "repository size (sum of S3 objects)" if s3 else "repository size"
+        out.append(f"| {size_head} | " + " | ".join(tools) + (" | haven/restic |" if ratios else " |"))
+        out.append("|" + "---|" * (1 + len(tools) + (1 if ratios else 0)))
         for when, label in SIZES:
-            vals = [med_size(corpus, t, when) for t in TOOLS]
-            rs = ratio(vals[0], vals[1])
-            if when == "after_backups":
-                summary[(corpus, "size")] = rs
-            out.append(f"| {label} | {' | '.join(fmt_bytes(v) for v in vals)} | "
-                       f"{fmt_ratio(rs, SIZE_TARGET if when == 'after_backups' else None)} |")
+            vals = [med_size(corpus, t, when) for t in tools]
+            objs = [med_objects(corpus, t, when) for t in tools]
+            shown = [fmt_bytes(v) + (f" ({o} objects)" if o is not None else "") for v, o in zip(vals, objs)]
+            row = f"| {label} | {' | '.join(shown)} |"
+            if ratios:
+                rs = ratio(med_size(corpus, "haven", when), med_size(corpus, "restic", when))
+                if when == "after_backups":
+                    summary[(corpus, "size")] = rs
+                row += f" {fmt_ratio(rs, SIZE_TARGET if when == 'after_backups' else None)} |"
+            out.append(row)
         out.append("")
 
-    if corpora:
-        out.append("## Summary: Haven ÷ restic against the targets\n")
+    if corpora and ratios:
+        out.append(f"## Summary: Haven ÷ restic against the targets{' (S3)' if s3 else ''}\n")
         names = [c[0] for c in corpora]
         out.append("| metric | target | " + " | ".join(names) + " |")
         out.append("|---|---|" + "---|" * len(names))

