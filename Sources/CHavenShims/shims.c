@@ -11,6 +11,13 @@
 #endif
 
 int haven_o_noatime(void) { return O_NOATIME; }
+int haven_o_tmpfile(void) {
+#ifdef O_TMPFILE
+    return O_TMPFILE;
+#else
+    return 0;
+#endif
+}
 int haven_fadvise_sequential(int fd) { return posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL); }
 
 int haven_set_parent_death_signal(int sig) {

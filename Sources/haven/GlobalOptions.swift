@@ -26,8 +26,12 @@ struct GlobalOptions: ParsableArguments {
     @Flag(help: "Do not lock the repository (read-only commands only).")
     var noLock = false
 
-    @Option(help: ArgumentHelp("Cache directory (accepted for restic compatibility).", valueName: "DIR"))
+    @Option(help: ArgumentHelp("Directory of the local metadata cache (default: $HAVEN_CACHE_DIR, $XDG_CACHE_HOME/haven or ~/.cache/haven; "
+                               + "a local repository is cached only with this option).", valueName: "DIR"))
     var cacheDir: String?
+
+    @Flag(help: "Do not use a local metadata cache.")
+    var noCache = false
 
     @Option(name: [.customShort("o"), .customLong("option")],
             help: ArgumentHelp("Backend option: s3.storage-class=CLASS, sftp.command=CMD, local|s3|sftp.connections=N (repeatable).",
@@ -48,11 +52,14 @@ struct GlobalOptions: ParsableArguments {
                 throw ValidationError("\(flag) must be a positive rate in KiB/s, got \(value); e.g. \(flag) 1024 for 1 MiB/s (leave it out for no limit)")
             }
         }
+        if noCache && cacheDir != nil {
+            throw ValidationError("use either --cache-dir or --no-cache, not both")
+        }
     }
 
     static let valueOptions: Set<String> = ["-r", "--repo", "--password-file", "--password-command", "--cache-dir", "-o", "--option",
                                             "--limit-upload", "--limit-download"]
-    static let flagOptions: Set<String> = ["--json", "-q", "--quiet", "-v", "--verbose", "--no-lock"]
+    static let flagOptions: Set<String> = ["--json", "-q", "--quiet", "-v", "--verbose", "--no-lock", "--no-cache"]
 
     /// Moves global options written before the command name to the end (before any `--`), so that
     /// `haven -r REPO snapshots` parses like `haven snapshots -r REPO`.
@@ -160,12 +167,66 @@ struct GlobalOptions: ParsableArguments {
         return s
     }
 
-    /// Opens the repository; loads the index unless `index` is false.
+    /// Opens the repository with its cache; loads the index (and cleans the cache) unless `index` is false.
     func openRepository(index: Bool = true) async throws -> Repository {
         let storage = try storage()
         let repo = try await Repository.open(storage: storage, password: try password())
-        if index { try await repo.loadIndex() }
+        useCache(for: repo)
+        if index { try await loadIndex(repo) }
         return repo
+    }
+
+    /// Loads the index, then drops what the cache holds that the index no longer names.
+    func loadIndex(_ repo: Repository) async throws {
+        try await repo.loadIndex()
+        repo.cleanCache()
+    }
+
+    /// Where the cache lives for `repo`: nil with --no-cache, for a local repository without --cache-dir
+    /// (reading it is as cheap as reading a cache), or when no base directory is known.
+    func cacheBase(for repo: Repository) -> String? {
+        guard wantsCache(repo) else { return nil }
+        return cacheDir ?? RepositoryCache.defaultBase(environment: environment)
+    }
+
+    private func wantsCache(_ repo: Repository) -> Bool {
+        if noCache { return false }
+        if cacheDir != nil { return true }
+        let base = undecorated(repo.storage)
+        return !(base is LocalStorage || base is MemoryStorage)
+    }
+
+    /// Gives `repo` its cache (see `cacheBase`). A cache that cannot be created is a warning, never an error.
+    func useCache(for repo: Repository) {
+        guard let base = cacheBase(for: repo) else { return }
+        let out = output
+        do {
+            repo.useCache(try RepositoryCache(base: base, repositoryID: repo.config.id, warning: { out.warning($0) }))
+        } catch {
+            out.warning("cannot use the cache directory \(base): \(error); continuing without a cache")
+        }
+    }
+
+    /// Gives `repo` a new, empty cache that `body` uses and that is removed afterwards (for `check`, which
+    /// must read the repository itself, not an earlier copy).
+    func withTemporaryCache<R>(for repo: Repository, _ body: () async throws -> R) async rethrows -> R {
+        guard wantsCache(repo) else { return try await body() }
+        let out = output
+        let base = cacheDir ?? RepositoryCache.defaultBase(environment: environment)
+        let cache: RepositoryCache
+        do {
+            cache = try RepositoryCache.temporary(in: base, warning: { out.warning($0) })
+        } catch {
+            out.warning("cannot create a temporary cache in \(base ?? NSTemporaryDirectory()): \(error); continuing without a cache")
+            return try await body()
+        }
+        let previous = repo.cache
+        repo.useCache(cache)
+        defer {
+            repo.useCache(previous)
+            cache.removeAll()
+        }
+        return try await body()
     }
 
     var output: Output { Output(json: json, quiet: quiet, verbose: verbose) }

@@ -83,7 +83,10 @@ struct Haven: AsyncParsableCommand {
           -q, --quiet              print nothing but errors and requested results
           -v, --verbose            print more detail
           --no-lock                do not lock the repository (read-only commands only)
-          --cache-dir DIR          accepted for restic compatibility (Haven keeps no cache yet)
+          --cache-dir DIR          keep the local metadata cache in DIR (default: HAVEN_CACHE_DIR, else
+                                   $XDG_CACHE_HOME/haven, else ~/.cache/haven; local repositories
+                                   are cached only when --cache-dir is given)
+          --no-cache               do not use a local metadata cache
           --limit-upload KiB/s     limit uploads to a maximum rate (default: unlimited)
           --limit-download KiB/s   limit downloads to a maximum rate (default: unlimited)
           -o KEY=VALUE             backend option: s3.storage-class=CLASS, sftp.command=CMD,

@@ -5,6 +5,8 @@
 
 /// O_NOATIME is only visible with _GNU_SOURCE, which Swift's Glibc module does not set.
 int haven_o_noatime(void);
+/// O_TMPFILE (an unnamed file in a directory), or 0 where the system has none.
+int haven_o_tmpfile(void);
 /// posix_fadvise(POSIX_FADV_SEQUENTIAL) wrapper.
 int haven_fadvise_sequential(int fd);
 /// Asks the kernel to send `sig` to this process when its parent dies (Linux prctl PR_SET_PDEATHSIG).

@@ -376,13 +376,13 @@ public final class Archiver: Sendable {
             node.isTarget = true
         }
         var parentIDs = [ID?](repeating: nil, count: targets.count)
-        var parentTrees = [Tree?](repeating: nil, count: targets.count)
+        var parentTrees = [ParentTree?](repeating: nil, count: targets.count)
         for (i, t) in targets.enumerated() {
             do {
                 guard let parentID = try await findParent(t.repository, paths: existing, explicit: i == 0 ? options.parent : nil) else { continue }
                 parentIDs[i] = parentID
                 let parent = try await t.repository.loadSnapshot(parentID)
-                parentTrees[i] = try? await t.repository.loadTree(parent.tree)
+                if let tree = try? await t.repository.loadTree(parent.tree) { parentTrees[i] = ParentTree(id: parent.tree, tree: tree) }
             } catch {
                 if targets.count == 1 || error is CancellationError { throw error }
                 t.fail(error)
@@ -424,11 +424,11 @@ public final class Archiver: Sendable {
         return "/" + out.joined(separator: "/")
     }
 
-    func archiveTrie(_ trie: PathTrie, path: RawPath, parentTrees: [Tree?]) async throws -> ID {
+    func archiveTrie(_ trie: PathTrie, path: RawPath, parentTrees: [ParentTree?]) async throws -> ID {
         var nodes: [Node] = []
         for (name, child) in trie.children.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
             let childPath = path.appending(name)
-            let parentNodes = parentTrees.map { $0?.node(named: name) }
+            let parentNodes = parentTrees.map { $0?.tree.node(named: name) }
             if child.isTarget {
                 if let n = try await archiveEntry(name: name, path: childPath, parentNodes: parentNodes, device: nil) { nodes.append(n) }
                 continue
@@ -445,14 +445,30 @@ public final class Archiver: Sendable {
         return try await saveTree(Tree(nodes: nodes))
     }
 
+    /// A directory's tree in a repository's parent snapshot.
+    struct ParentTree {
+        var id: ID
+        var tree: Tree
+    }
+
     /// Each repository's parent tree below `parentNodes` (nil where a node is no directory or unreadable).
-    func subtrees(of parentNodes: [Node?]) async -> [Tree?] {
-        var out = [Tree?](repeating: nil, count: parentNodes.count)
+    func subtrees(of parentNodes: [Node?]) async -> [ParentTree?] {
+        var out = [ParentTree?](repeating: nil, count: parentNodes.count)
         for (i, node) in parentNodes.enumerated() {
             guard let node, node.type == .dir, let sid = node.subtree, !targets[i].failed else { continue }
-            out[i] = try? await targets[i].repository.loadTree(sid)
+            if let tree = try? await targets[i].repository.loadTree(sid) { out[i] = ParentTree(id: sid, tree: tree) }
         }
         return out
+    }
+
+    /// The parents' tree ID when `nodes` are exactly the parent tree's nodes in every repository, so the
+    /// tree need not be encoded, hashed or looked up again; nil otherwise.
+    func unchangedTree(_ nodes: [Node], parents: [ParentTree?]) -> ID? {
+        guard let first = parents[0] else { return nil }
+        for (i, p) in parents.enumerated() where !targets[i].failed {
+            guard let p, p.id == first.id, p.tree.nodes == nodes, targets[i].repository.index.has(p.id, .tree) else { return nil }
+        }
+        return first.id
     }
 
     func stdinRoot(_ name: String) async throws -> (ID, [String]) {
@@ -495,13 +511,15 @@ public final class Archiver: Sendable {
     }
 
     /// Backs up one directory entry of any type. Returns nil when it is excluded or unreadable.
-    func archiveEntry(name: [UInt8], path: RawPath, parentNodes: [Node?], device: UInt64?) async throws -> Node? {
+    /// `stat` is the entry's lstat result when the caller has it already.
+    func archiveEntry(name: [UInt8], path: RawPath, parentNodes: [Node?], device: UInt64?,
+                      stat: Result<FileInfo, HavenError>? = nil) async throws -> Node? {
         // Counters describe the backup as seen from the first repository's parent.
         let parentNode = parentNodes[0]
         try Task.checkCancellation()
         if !excludes.isEmpty && excludes.matches(path.bytes) { return nil }
         let info: FileInfo
-        switch FileInfo.lstat(path) {
+        switch stat ?? FileInfo.lstat(path) {
         case .success(let i): info = i
         case .failure(let e):
             warn(path.description, "\(e.cause.map { "\($0)" } ?? e.message); skipped")
@@ -560,8 +578,9 @@ public final class Archiver: Sendable {
     }
 
     /// Reads a directory and backs up its entries; returns the stored tree's ID.
-    func archiveDirectory(_ path: RawPath, parentTrees: [Tree?], device: UInt64?) async throws -> (ID, Int) {
+    func archiveDirectory(_ path: RawPath, parentTrees: [ParentTree?], device: UInt64?) async throws -> (ID, Int) {
         var names: [[UInt8]] = []
+        var stats: [Result<FileInfo, HavenError>] = []
         let ok = path.withCString { p -> Bool in
             guard let dir = opendir(p) else { return false }
             defer { closedir(dir) }
@@ -573,15 +592,21 @@ public final class Archiver: Sendable {
                 if name == [46] || name == [46, 46] { continue }
                 names.append(name)
             }
+            names.sort { $0.lexicographicallyPrecedes($1) }
+            // Stat the entries relative to the open directory: no path lookup from the root for each.
+            let fd = dirfd(dir)
+            stats.reserveCapacity(names.count)
+            for name in names {
+                stats.append(FileInfo.lstat(at: fd, name, path: path.appending(name)))
+            }
             return true
         }
         if !ok {
             warn(path.description, "cannot read directory: \(Errno(errno)); its contents are skipped")
         }
-        names.sort { $0.lexicographicallyPrecedes($1) }
         let parentByName: [[[UInt8]: Node]] = parentTrees.map { tree in
             var byName: [[UInt8]: Node] = [:]
-            if let tree {
+            if let tree = tree?.tree {
                 byName.reserveCapacity(tree.nodes.count)
                 for n in tree.nodes { byName[n.name] = n }
             }
@@ -592,8 +617,9 @@ public final class Archiver: Sendable {
             for (i, name) in names.enumerated() {
                 let childPath = path.appending(name)
                 let parentNodes = parentByName.map { $0[name] }
+                let stat = stats[i]
                 group.addTask {
-                    (i, try await self.archiveEntry(name: name, path: childPath, parentNodes: parentNodes, device: device))
+                    (i, try await self.archiveEntry(name: name, path: childPath, parentNodes: parentNodes, device: device, stat: stat))
                 }
                 // Keep the group small so memory stays bounded in huge directories.
                 if i >= 64 {
@@ -604,6 +630,7 @@ public final class Archiver: Sendable {
         }
         progress.update { $0.dirsDone += 1 }
         let tree = Tree(nodes: results.compactMap { $0 })
+        if let same = unchangedTree(tree.nodes, parents: parentTrees) { return (same, tree.nodes.count) }
         return (try await saveTree(tree), tree.nodes.count)
     }
 

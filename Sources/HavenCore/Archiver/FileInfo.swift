@@ -63,6 +63,16 @@ struct FileInfo {
         return Timestamp(seconds: s, nanoseconds: Int32(ts.tv_nsec), utcOffset: Timestamp.localOffset(at: s))
     }
 
+    /// lstat of `name` in the open directory `dirfd`; `path` names it in errors.
+    static func lstat(at dirfd: Int32, _ name: [UInt8], path: RawPath) -> Result<FileInfo, HavenError> {
+        var st = stat()
+        let r = (name + [0]).withUnsafeBufferPointer { b in
+            b.withMemoryRebound(to: CChar.self) { fstatat(dirfd, $0.baseAddress!, &st, AT_SYMLINK_NOFOLLOW) }
+        }
+        if r != 0 { return .failure(HavenError.system("cannot stat", path.description)) }
+        return .success(FileInfo(st))
+    }
+
     static func lstat(_ path: RawPath) -> Result<FileInfo, HavenError> {
         var st = stat()
         let r = path.withCString { Glibc.lstat($0, &st) }

@@ -9,8 +9,7 @@ func fetchBlob(_ repository: Repository, index: MasterIndex, _ id: ID, _ type: B
     guard let loc = index.lookup(id, type) else {
         throw HavenError(.notFound, "\(type.rawValue) blob \(id.short) is not in the index")
     }
-    let sealed = try await repository.storage.load(Handle(.pack, loc.pack), offset: Int(loc.blob.offset), length: Int(loc.blob.length))
-    return try repository.decryptBlob(sealed, loc.blob, pack: loc.pack)
+    return try await repository.loadBlob(at: loc)
 }
 
 func fetchTree(_ repository: Repository, index: MasterIndex, _ id: ID) async throws -> Tree {

@@ -10,8 +10,10 @@ public final class BlobWriter: Sendable {
     public let packSize: Int
     public let compression: CompressionMode
 
+    /// A pack being filled: its blobs so far, written to a spool file (nothing in memory but the list).
     struct OpenPack {
-        var bytes: [UInt8] = []
+        var spool: SpoolFile?
+        var size = 0
         var blobs: [PackedBlob] = []
     }
 
@@ -35,6 +37,9 @@ public final class BlobWriter: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Packs being stored at once; a blob that fills a pack waits here, which slows readers down when
+    /// storage is the bottleneck.
+    private let uploadSlots: AsyncSemaphore
     /// Index files are written once this many blobs are waiting, so an interrupted run loses little.
     let indexFlushBlobs: Int
 
@@ -48,6 +53,7 @@ public final class BlobWriter: Sendable {
         self.packSize = packSize
         self.compression = repository.version >= 2 ? compression : .off
         self.indexFlushBlobs = indexFlushBlobs
+        uploadSlots = AsyncSemaphore(permits: min(4, max(2, repository.storage.properties.connections)))
     }
 
     public var statistics: Statistics { state.withLock { $0.stats } }
@@ -62,34 +68,35 @@ public final class BlobWriter: Sendable {
 
     /// Compresses (when it helps) and encrypts a blob.
     func seal(_ type: BlobType, _ plaintext: UnsafeRawBufferPointer) -> ([UInt8], UInt32) {
-        var payload: [UInt8]
-        var uncompressedLength: UInt32 = 0
         // Trees always compress well; data is compressed unless the mode is off or it does not shrink.
         if repository.version >= 2 && (compression != .off || type == .tree) && plaintext.count > 64 {
             let compressed = Zstd.compress(plaintext, level: (compression == .max ? CompressionMode.max : .auto).level)
             if compressed.count < plaintext.count {
-                payload = compressed
-                uncompressedLength = UInt32(plaintext.count)
-            } else {
-                payload = Array(plaintext)
+                return (compressed.withUnsafeBytes { repository.key.seal($0) }, UInt32(plaintext.count))
             }
-        } else {
-            payload = Array(plaintext)
         }
-        return (payload.withUnsafeBytes { repository.key.seal($0) }, uncompressedLength)
+        return (repository.key.seal(plaintext), 0)
     }
 
     func append(_ type: BlobType, id: ID, sealed: [UInt8], uncompressedLength: UInt32, plaintextCount: Int) async throws -> Bool {
-        let full: OpenPack? = state.withLock { s in
-            // Take the pack out of the dictionary so appending does not copy the whole buffer.
-            var pack = s.open.removeValue(forKey: type) ?? OpenPack()
-            if pack.bytes.isEmpty { pack.bytes.reserveCapacity(packSize + sealed.count + 4096) }
-            pack.blobs.append(PackedBlob(id: id, type: type, offset: UInt32(pack.bytes.count), length: UInt32(sealed.count), uncompressedLength: uncompressedLength))
-            pack.bytes.append(contentsOf: sealed)
+        let full: OpenPack? = try state.withLock { s throws(HavenError) -> OpenPack? in
+            var pack = s.open[type] ?? OpenPack()
+            if pack.spool == nil && !dryRun {
+                do { pack.spool = try SpoolFile(in: repository.storage.spoolDirectory) } catch { throw Self.haven(error) }
+            }
+            do { try pack.spool?.write(sealed) } catch {
+                // The pack is unusable now; its blobs were never stored.
+                s.open[type] = nil
+                pack.spool?.close()
+                throw Self.haven(error)
+            }
+            pack.blobs.append(PackedBlob(id: id, type: type, offset: UInt32(pack.size), length: UInt32(sealed.count), uncompressedLength: uncompressedLength))
+            pack.size += sealed.count
             if type == .data { s.stats.dataBlobs += 1 } else { s.stats.treeBlobs += 1 }
             s.stats.bytesAdded += UInt64(plaintextCount)
             s.stats.bytesStored += UInt64(sealed.count)
-            if pack.bytes.count >= packSize {
+            // Count the header too, so a pack of many tiny blobs stays near the target size.
+            if pack.size + pack.blobs.count * PackFormat.compressedEntrySize >= packSize {
                 s.open[type] = nil
                 return pack
             }
@@ -98,6 +105,10 @@ public final class BlobWriter: Sendable {
         }
         if let full { try await upload(full) }
         return true
+    }
+
+    static func haven(_ error: any Error) -> HavenError {
+        (error as? HavenError) ?? HavenError(.io, "\(error)")
     }
 
     /// Saves a blob whose ID is the SHA-256 of its content.
@@ -109,24 +120,29 @@ public final class BlobWriter: Sendable {
     }
 
     private func upload(_ pack: OpenPack) async throws {
-        var bytes = pack.bytes
-        let header = repository.key.seal(PackFormat.encodeHeader(pack.blobs))
-        bytes.append(contentsOf: header)
-        PackFormat.appendLE(&bytes, UInt32(header.count))
-        let id = ID.hash(bytes)
-        if dryRun {
-            state.withLock { $0.stats.packs += 1 }
+        guard let spool = pack.spool else {
+            state.withLock { $0.stats.packs += 1 }  // dry run
             return
         }
-        try await repository.storage.save(Handle(.pack, id), bytes)
-        repository.index.add(pack: id, blobs: pack.blobs)
-        let needIndex = state.withLock { s -> Bool in
-            s.unindexed.append(IndexFile.Pack(id: id, blobs: pack.blobs))
-            s.unindexedBlobs += pack.blobs.count
-            s.stats.packs += 1
-            return s.unindexedBlobs >= indexFlushBlobs
+        defer { spool.close() }
+        try await uploadSlots.withPermit {
+            let header = repository.key.seal(PackFormat.encodeHeader(pack.blobs))
+            try spool.write(header)
+            var length: [UInt8] = []
+            PackFormat.appendLE(&length, UInt32(header.count))
+            try spool.write(length)
+            let id = spool.id
+            try await repository.storage.save(Handle(.pack, id), spooled: spool)
+            repository.cacheWrittenPack(id, spool: spool, blobs: pack.blobs)
+            repository.index.add(pack: id, blobs: pack.blobs)
+            let needIndex = state.withLock { s -> Bool in
+                s.unindexed.append(IndexFile.Pack(id: id, blobs: pack.blobs))
+                s.unindexedBlobs += pack.blobs.count
+                s.stats.packs += 1
+                return s.unindexedBlobs >= indexFlushBlobs
+            }
+            if needIndex { try await writeIndex() }
         }
-        if needIndex { try await writeIndex() }
     }
 
     /// Adds packs found in storage but missing from every index (left by an interrupted run) so that the
@@ -155,6 +171,7 @@ public final class BlobWriter: Sendable {
     public func flush() async throws {
         let packs = state.withLock { s -> [OpenPack] in
             let p = Array(s.open.values.filter { !$0.blobs.isEmpty })
+            for empty in s.open.values where empty.blobs.isEmpty { empty.spool?.close() }
             s.open = [:]
             return p
         }

@@ -8,6 +8,9 @@ public final class Repository: Sendable {
     public let index = MasterIndex()
     /// The key file this repository was opened with.
     public let keyID: ID
+    let cacheSlot = Locked<RepositoryCache?>(nil)
+    /// The local metadata cache, if one is in use (see `useCache`).
+    public var cache: RepositoryCache? { cacheSlot.withLock { $0 } }
 
     init(storage: any Storage, key: MasterKey, config: RepositoryConfig, keyID: ID) {
         self.storage = storage
@@ -90,12 +93,7 @@ public final class Repository: Sendable {
 
     /// Loads, checks and decrypts a stored file, and decompresses it in a version 2 repository.
     public func loadUnpacked(_ handle: Handle) async throws -> [UInt8] {
-        let raw = try await storage.load(handle)
-        if handle.type != .config {
-            guard let expected = ID(hex: handle.name), ID.hash(raw) == expected else {
-                throw HavenError(.corrupt, "\(handle.path) is damaged: its content does not match its name (SHA-256)")
-            }
-        }
+        let raw = try await loadFileCached(handle)
         let plain: [UInt8]
         do { plain = try key.open(raw) } catch {
             throw HavenError(.corrupt, "\(handle.path) is damaged: decryption failed (MAC mismatch)")
@@ -126,12 +124,13 @@ public final class Repository: Sendable {
         let sealed = key.seal(payload)
         let id = ID.hash(sealed)
         try await storage.save(Handle(type, id), sealed)
+        cache?.storeFile(Handle(type, id), sealed)
         return id
     }
 
     // MARK: Index
 
-    /// Loads every index file into `index`, several at a time.
+    /// Loads every index file into `index`, several at a time, then sorts the index.
     public func loadIndex() async throws {
         let files = try await storage.list(.index)
         try await forEachConcurrently(files, limit: 4) { f in
@@ -139,6 +138,7 @@ public final class Repository: Sendable {
             let file = try IndexFile.decode(try await self.loadUnpacked(Handle(.index, id)), id: id)
             self.index.add(file)
         }
+        index.finishLoading()
     }
 
     /// Reads every index file (for prune and check, which need all entries, duplicates included).
@@ -160,6 +160,13 @@ public final class Repository: Sendable {
         guard let loc = index.lookup(id, type) else {
             throw HavenError(.notFound, "\(type.rawValue) blob \(id.short) is not in the index")
         }
+        return try await loadBlob(at: loc)
+    }
+
+    /// Loads the blob at `loc` (from this or another index) and checks it against its ID. Tree blobs come
+    /// through the cache when there is one.
+    public func loadBlob(at loc: BlobLocation) async throws -> [UInt8] {
+        if loc.blob.type == .tree, let cache { return try await loadCachedTreeBlob(loc, cache: cache) }
         let sealed = try await storage.load(Handle(.pack, loc.pack), offset: Int(loc.blob.offset), length: Int(loc.blob.length))
         return try decryptBlob(sealed, loc.blob, pack: loc.pack)
     }
@@ -222,7 +229,9 @@ public final class Repository: Sendable {
     // MARK: Snapshots
 
     public func listSnapshotIDs() async throws -> [ID] {
-        try await storage.list(.snapshot).compactMap { ID(hex: $0.name) }
+        let files = try await storage.list(.snapshot)
+        cache?.retainSnapshots(Set(files.map(\.name)))
+        return files.compactMap { ID(hex: $0.name) }
     }
 
     public func loadSnapshot(_ id: ID) async throws -> Snapshot {

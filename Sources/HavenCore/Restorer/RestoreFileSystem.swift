@@ -170,6 +170,11 @@ final class RestoreDirectories: @unchecked Sendable {
 
     deinit { closeAll() }
 
+    /// Another cache of descriptors below the same target, for a worker running beside this one.
+    func sibling() -> RestoreDirectories {
+        RestoreDirectories(rootFD: rootFD, entries: entries, capacity: capacity)
+    }
+
     /// Runs `body` with the descriptor of directory entry `dir` (nil: the target). `body` runs under a lock.
     func with<R>(_ dir: Int?, _ body: (Int32) throws -> R) throws -> R {
         lock.lock()

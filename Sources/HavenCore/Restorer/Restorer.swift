@@ -188,7 +188,7 @@ final class RestoreRun: @unchecked Sendable {
                                                         index: repository.index, concurrency: options.packConcurrency)
             for (i, issue) in issues { fail(i, issue.message) }
         }
-        try applyMetadata()
+        try await applyMetadata()
     }
 
     // MARK: Reporting
@@ -643,27 +643,43 @@ final class RestoreRun: @unchecked Sendable {
 
     // MARK: Phase 3: metadata
 
-    func applyMetadata() throws {
+    func applyMetadata() async throws {
         let failed = shared.withLock { $0.failed }
-        var order: [Int] = []
-        for (i, e) in entries.enumerated() {
-            switch e.action {
-            case .directory, .hardLink: continue
-            default: order.append(i)
+        func wanted(_ i: Int) -> Bool { (states[i] == .created || states[i] == .kept) && !failed.contains(i) }
+        // Files, symlinks and special files first, in parallel: they are independent, and each worker has
+        // its own directory descriptors (entries are in tree order, so a slice keeps to few directories).
+        let others = entries.indices.filter { i in
+            switch entries[i].action {
+            case .directory, .hardLink: return false
+            default: return wanted(i)
             }
         }
-        // Directories last, children before parents, so nothing touches a directory after its times are set.
-        order += entries.indices.reversed().filter { entries[$0].action == .directory }
-        for i in order {
-            guard states[i] == .created || states[i] == .kept, !failed.contains(i) else { continue }
-            try Self.checkCancelled()
-            let e = entries[i]
-            do {
-                try dirs.with(e.parent) { pfd in try setMetadata(e, pfd) }
-            } catch let err as HavenError {
-                if Self.isFatal(err) { throw err }
-                addError(e.path, err.message)
+        let workers = others.count >= 512 ? max(1, min(4, options.packConcurrency)) : 1
+        let sliceSize = (others.count + workers - 1) / max(1, workers)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for start in stride(from: 0, to: others.count, by: max(1, sliceSize)) {
+                let slice = others[start..<min(others.count, start + sliceSize)]
+                let dirs = workers == 1 ? self.dirs : self.dirs.sibling()
+                group.addTask {
+                    for i in slice { try self.applyMetadata(i, dirs) }
+                }
             }
+            try await group.waitForAll()
+        }
+        // Directories last, children before parents, so nothing touches a directory after its times are set.
+        for i in entries.indices.reversed() where entries[i].action == .directory && wanted(i) {
+            try applyMetadata(i, dirs)
+        }
+    }
+
+    private func applyMetadata(_ i: Int, _ dirs: RestoreDirectories) throws {
+        try Self.checkCancelled()
+        let e = entries[i]
+        do {
+            try dirs.with(e.parent) { pfd in try setMetadata(e, pfd) }
+        } catch let err as HavenError {
+            if Self.isFatal(err) { throw err }
+            addError(e.path, err.message)
         }
     }
 

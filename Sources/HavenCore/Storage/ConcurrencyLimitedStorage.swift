@@ -21,6 +21,9 @@ public final class ConcurrencyLimitedStorage: StorageDecorator {
     public func save(_ handle: Handle, _ data: [UInt8]) async throws {
         try await semaphore.withPermit { try await self.base.save(handle, data) }
     }
+    public func save(_ handle: Handle, spooled file: SpoolFile) async throws {
+        try await semaphore.withPermit { try await self.base.save(handle, spooled: file) }
+    }
     public func load(_ handle: Handle, offset: Int, length: Int?) async throws -> [UInt8] {
         try await semaphore.withPermit { try await self.base.load(handle, offset: offset, length: length) }
     }

@@ -38,6 +38,22 @@ public struct LocalStorage: Storage {
         try FileSystem.writeAtomically(path, data, mode: 0o400)
     }
 
+    public var spoolDirectory: String? { root + "/data" }
+
+    /// A spool written in the repository's own directory gets its final name without being copied.
+    public func save(_ handle: Handle, spooled file: SpoolFile) async throws {
+        let path = fullPath(handle)
+        guard file.directory == spoolDirectory else { return try await save(handle, try file.readAll()) }
+        let dir = String(path[..<path.lastIndex(of: "/")!])
+        if !FileSystem.exists(dir) { try FileSystem.makeDirectories(dir, mode: 0o700) }
+        do {
+            try file.link(to: path)
+        } catch let e as HavenError where e.code != .noSpace {
+            // E.g. no /proc to name an unnamed file: copy it instead.
+            try await save(handle, try file.readAll())
+        }
+    }
+
     public func load(_ handle: Handle, offset: Int, length: Int?) async throws -> [UInt8] {
         let path = fullPath(handle)
         let fd = open(path, O_RDONLY | O_CLOEXEC)
@@ -51,8 +67,12 @@ public struct LocalStorage: Storage {
             guard fstat(fd, &st) == 0 else { throw HavenError.system("cannot stat", path) }
             count = max(0, Int(st.st_size) - offset)
         }
-        var out = [UInt8](repeating: 0, count: count)
-        let got = try out.withUnsafeMutableBytes { try FileSystem.preadFully(fd, $0, offset: offset, path: path) }
+        // Uninitialized: pread fills it, and a short read is an error (nothing unfilled is returned).
+        var got = 0
+        let out = try [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            got = try FileSystem.preadFully(fd, UnsafeMutableRawBufferPointer(buffer), offset: offset, path: path)
+            initialized = got
+        }
         if got < count {
             throw HavenError(.corrupt, "\(path) is shorter than expected: wanted \(count) bytes at offset \(offset), got \(got)")
         }

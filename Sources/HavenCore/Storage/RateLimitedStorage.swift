@@ -52,6 +52,11 @@ public final class RateLimitedStorage: StorageDecorator {
         try await base.save(handle, data)
     }
 
+    public func save(_ handle: Handle, spooled file: SpoolFile) async throws {
+        try await Self.wait(upload, file.size, "saving \(handle)", base.location)
+        try await base.save(handle, spooled: file)
+    }
+
     public func load(_ handle: Handle, offset: Int, length: Int?) async throws -> [UInt8] {
         let data = try await base.load(handle, offset: offset, length: length)
         try await Self.wait(download, data.count, "reading \(handle)", base.location)

@@ -76,6 +76,10 @@ public final class RetryingStorage: StorageDecorator {
         try await retrying("saving \(handle)") { try await self.base.save(handle, data) }
     }
 
+    public func save(_ handle: Handle, spooled file: SpoolFile) async throws {
+        try await retrying("saving \(handle)") { try await self.base.save(handle, spooled: file) }
+    }
+
     public func load(_ handle: Handle, offset: Int, length: Int?) async throws -> [UInt8] {
         try await retrying("reading \(handle)") { try await self.base.load(handle, offset: offset, length: length) }
     }

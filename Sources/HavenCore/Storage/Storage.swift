@@ -63,6 +63,11 @@ public protocol Storage: Sendable {
     /// Creates the repository's directory structure. Fails if a config already exists.
     func create() async throws
     func save(_ handle: Handle, _ data: [UInt8]) async throws
+    /// Stores a complete spool file as `handle`. A storage may take the file over (local storage gives it
+    /// its name without copying); the caller closes the spool afterwards either way.
+    func save(_ handle: Handle, spooled file: SpoolFile) async throws
+    /// Where spool files for this storage are best written (nil: the system's temporary directory).
+    var spoolDirectory: String? { get }
     /// Reads `length` bytes at `offset` (to the end when nil).
     func load(_ handle: Handle, offset: Int, length: Int?) async throws -> [UInt8]
     /// The file's size.
@@ -72,6 +77,12 @@ public protocol Storage: Sendable {
 }
 
 extension Storage {
+    public func save(_ handle: Handle, spooled file: SpoolFile) async throws {
+        try await save(handle, try file.readAll())
+    }
+
+    public var spoolDirectory: String? { nil }
+
     public func load(_ handle: Handle) async throws -> [UInt8] {
         try await load(handle, offset: 0, length: nil)
     }

@@ -6,6 +6,7 @@ public protocol StorageDecorator: Storage {
 
 extension StorageDecorator {
     public var location: String { base.location }
+    public var spoolDirectory: String? { base.spoolDirectory }
 }
 
 /// The innermost storage below any decorators (e.g. to release a remote backend's connections).

@@ -40,8 +40,82 @@ enum GoQuote {
         return out
     }
 
+    /// The most bytes `writeJSONString(quoting:to:)` writes for `count` raw bytes.
+    static func maxJSONStringLength(quoting count: Int) -> Int { 5 * count + 2 }
+
+    /// Writes what `JSONWriter.string(utf8: quote(raw))` writes: the Go-quoted form of `raw` as a JSON
+    /// string, outer JSON quotes included, in one pass; runs of bytes that need no escaping at either
+    /// level are copied at once. `p` has room for `maxJSONStringLength(quoting: raw.count)` bytes.
+    /// Returns the count written.
+    static func writeJSONString(quoting raw: UnsafeBufferPointer<UInt8>, to p: UnsafeMutablePointer<UInt8>) -> Int {
+        p[0] = UInt8(ascii: "\"")
+        var n = 1
+        var runStart = 0
+        var i = 0
+        while i < raw.count {
+            let c = raw[i]
+            if c >= 0x20 && c < 0x7f && c != UInt8(ascii: "\"") && c != UInt8(ascii: "\\") {
+                i += 1
+                continue
+            }
+            if c >= 0x80 {
+                let length = validSequenceLength(raw, at: i)
+                if length > 0 { i += length; continue }
+            }
+            if runStart < i {
+                (p + n).update(from: raw.baseAddress! + runStart, count: i - runStart)
+                n += i - runStart
+            }
+            // Go's escape starts with a backslash, which JSON doubles.
+            p[n] = 92
+            p[n + 1] = 92
+            n += 2
+            switch c {
+            case UInt8(ascii: "\""): p[n] = 92; p[n + 1] = 34; n += 2  // Go \" → JSON \\\"
+            case UInt8(ascii: "\\"): p[n] = 92; p[n + 1] = 92; n += 2  // Go \\ → JSON \\\\
+            case 0x07: p[n] = UInt8(ascii: "a"); n += 1
+            case 0x08: p[n] = UInt8(ascii: "b"); n += 1
+            case 0x0c: p[n] = UInt8(ascii: "f"); n += 1
+            case 0x0a: p[n] = UInt8(ascii: "n"); n += 1
+            case 0x0d: p[n] = UInt8(ascii: "r"); n += 1
+            case 0x09: p[n] = UInt8(ascii: "t"); n += 1
+            case 0x0b: p[n] = UInt8(ascii: "v"); n += 1
+            default:
+                let hex: StaticString = "0123456789abcdef"
+                p[n] = UInt8(ascii: "x")
+                p[n + 1] = hex.utf8Start[Int(c >> 4)]
+                p[n + 2] = hex.utf8Start[Int(c & 15)]
+                n += 3
+            }
+            i += 1
+            runStart = i
+        }
+        if runStart < raw.count {
+            (p + n).update(from: raw.baseAddress! + runStart, count: raw.count - runStart)
+            n += raw.count - runStart
+        }
+        p[n] = UInt8(ascii: "\"")
+        return n + 1
+    }
+
     /// Length of the valid UTF-8 sequence starting at `i`, or 0 if the bytes there are not valid UTF-8.
     static func validSequenceLength(_ b: [UInt8], at i: Int) -> Int {
+        b.withUnsafeBufferPointer { validSequenceLength($0, at: i) }
+    }
+
+    /// Whether `b` is entirely valid UTF-8 (by the same rules as `quote`).
+    static func isValidUTF8(_ b: UnsafeBufferPointer<UInt8>) -> Bool {
+        var i = 0
+        while i < b.count {
+            if b[i] < 0x80 { i += 1; continue }
+            let n = validSequenceLength(b, at: i)
+            if n == 0 { return false }
+            i += n
+        }
+        return true
+    }
+
+    static func validSequenceLength(_ b: UnsafeBufferPointer<UInt8>, at i: Int) -> Int {
         let c = b[i]
         let need: Int
         var minScalar: UInt32
@@ -64,6 +138,11 @@ enum GoQuote {
 
     /// Reverses Go's quoting: interprets \a \b \f \n \r \t \v \\ \" \' \xHH \ooo \uHHHH \UHHHHHHHH.
     /// Returns nil for an invalid escape.
+    static func unquote(_ s: UnsafeBufferPointer<UInt8>) -> [UInt8]? {
+        if s.contains(92) { return unquote(Array(s)) }
+        return Array(s)
+    }
+
     static func unquote(_ s: [UInt8]) -> [UInt8]? {
         guard s.contains(92) else { return s }
         var out: [UInt8] = []

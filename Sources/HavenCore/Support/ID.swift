@@ -23,10 +23,28 @@ public struct ID: Hashable, Comparable, Sendable, CustomStringConvertible, Codab
         self = array.withUnsafeBytes { ID(bytes: $0) }
     }
 
-    /// Parses 64 hex digits; nil for anything else.
+    /// Parses 64 hex digits (either case); nil for anything else.
     public init?(hex: some StringProtocol) {
-        guard let bytes = Hex.decode(hex), bytes.count == 32 else { return nil }
-        self.init(bytes)
+        let id = hex.utf8.withContiguousStorageIfAvailable { ID(hexDigits: $0) }
+            ?? Array(hex.utf8).withUnsafeBufferPointer { ID(hexDigits: $0) }
+        guard let id else { return nil }
+        self = id
+    }
+
+    /// Parses exactly 64 hex digits (either case) straight from bytes; nil for anything else.
+    init?(hexDigits b: UnsafeBufferPointer<UInt8>) {
+        guard b.count == 64, let base = b.baseAddress,
+              let w0 = Hex.word(base), let w1 = Hex.word(base + 16),
+              let w2 = Hex.word(base + 32), let w3 = Hex.word(base + 48) else { return nil }
+        self.init(w0: w0, w1: w1, w2: w2, w3: w3)
+    }
+
+    /// Writes the 64 lowercase hex digits to `p`.
+    func writeHex(to p: UnsafeMutablePointer<UInt8>) {
+        Hex.writeWord(w0, to: p)
+        Hex.writeWord(w1, to: p + 16)
+        Hex.writeWord(w2, to: p + 32)
+        Hex.writeWord(w3, to: p + 48)
     }
 
     /// The SHA-256 of `data`.
@@ -50,7 +68,12 @@ public struct ID: Hashable, Comparable, Sendable, CustomStringConvertible, Codab
         return out
     }
 
-    public var hex: String { Hex.encode(bytes) }
+    public var hex: String {
+        String(unsafeUninitializedCapacity: 64) { buf in
+            writeHex(to: buf.baseAddress!)
+            return 64
+        }
+    }
     /// The first 8 hex digits, as restic shows IDs in lists.
     public var short: String { String(hex.prefix(8)) }
     public var description: String { hex }
@@ -99,6 +122,69 @@ public enum Hex {
             i += 2
         }
         return out
+    }
+
+    /// The value of one hex digit (either case), or a value above 15 for any other byte. Branch-light.
+    @inline(__always)
+    static func nibbleOrInvalid(_ c: UInt8) -> UInt8 {
+        let digit = c &- UInt8(ascii: "0")
+        if digit < 10 { return digit }
+        let letter = (c | 0x20) &- UInt8(ascii: "a")
+        return letter < 6 ? letter + 10 : 0xff
+    }
+
+    /// 16 hex digits at `p` as a big-endian word; nil if any of them is not a hex digit.
+    @inline(__always)
+    static func word(_ p: UnsafePointer<UInt8>) -> UInt64? {
+        guard let high = half(UnsafeRawPointer(p)), let low = half(UnsafeRawPointer(p + 8)) else { return nil }
+        return high << 32 | low
+    }
+
+    /// 8 hex digits at `p` as a 32-bit value, eight bytes at a time without branches per digit; nil if
+    /// any byte is not a hex digit.
+    @inline(__always)
+    private static func half(_ p: UnsafeRawPointer) -> UInt64? {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let highs: UInt64 = 0x8080_8080_8080_8080
+        // Byte k is the k-th digit.
+        let x = UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
+        // Every byte below 0x80 keeps the additions below within their byte. A byte's high bit then says:
+        // x >= "0", x > "9", (x | 0x20) >= "a", (x | 0x20) > "f".
+        let lower = x | (ones &* 0x20)
+        let isDigit = (x &+ ones &* (0x80 - 0x30)) & ~(x &+ ones &* (0x7f - 0x39))
+        let isLetter = (lower &+ ones &* (0x80 - 0x61)) & ~(lower &+ ones &* (0x7f - 0x66))
+        guard x & highs == 0, (isDigit | isLetter) & highs == highs else { return nil }
+        // "0"…"9" → 0…9; "a"…"f" and "A"…"F" have bit 6 set and low bits 1…6 → 10…15.
+        let nibbles = (x & (ones &* 0x0f)) &+ ((x >> 6) & ones) &* 9
+        // Gather the nibbles, first digit most significant.
+        var v = nibbles.byteSwapped
+        v = (v | v >> 4) & 0x00ff_00ff_00ff_00ff
+        v = (v | v >> 8) & 0x0000_ffff_0000_ffff
+        v = (v | v >> 16) & 0x0000_0000_ffff_ffff
+        return v
+    }
+
+    /// Writes `w` as 16 lowercase hex digits to `p`.
+    @inline(__always)
+    static func writeWord(_ w: UInt64, to p: UnsafeMutablePointer<UInt8>) {
+        let raw = UnsafeMutableRawPointer(p)
+        raw.storeBytes(of: digits(UInt32(truncatingIfNeeded: w >> 32)).littleEndian, as: UInt64.self)
+        (raw + 8).storeBytes(of: digits(UInt32(truncatingIfNeeded: w)).littleEndian, as: UInt64.self)
+    }
+
+    /// The 8 lowercase hex digits of `v`, first digit in the lowest byte (the reverse of `half`).
+    @inline(__always)
+    private static func digits(_ v: UInt32) -> UInt64 {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        // Spread the nibbles one per byte, first digit most significant, then put it first in memory.
+        var x = UInt64(v)
+        x = (x | x << 16) & 0x0000_ffff_0000_ffff
+        x = (x | x << 8) & 0x00ff_00ff_00ff_00ff
+        x = (x | x << 4) & 0x0f0f_0f0f_0f0f_0f0f
+        x = x.byteSwapped
+        // 0…9 → "0"…"9", 10…15 → "a"…"f" ("a" is 39 past "9" + 1).
+        let letters = ((x &+ ones &* 6) >> 4) & ones
+        return x &+ ones &* 0x30 &+ letters &* 39
     }
 
     static func nibble(_ c: UInt8) -> UInt8? {

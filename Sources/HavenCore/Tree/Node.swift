@@ -109,15 +109,33 @@ public struct Node: Sendable, Equatable {
     }
 }
 
+extension Node.Kind {
+    /// `rawValue` as a static string, so the encoder copies it without touching `String`.
+    var jsonName: StaticString {
+        switch self {
+        case .file: return "file"
+        case .dir: return "dir"
+        case .symlink: return "symlink"
+        case .dev: return "dev"
+        case .chardev: return "chardev"
+        case .fifo: return "fifo"
+        case .socket: return "socket"
+        case .irregular: return "irregular"
+        }
+    }
+}
+
 extension Node {
+    /// Writes the node in restic's field order. The output is canonical: the tree ID depends on it, so any
+    /// change here changes the ID of every tree Haven writes.
     func write(to w: inout JSONWriter) {
         w.beginObject()
-        w.key("name"); w.string(utf8: GoQuote.quote(name))
-        w.key("type"); w.string(type.rawValue)
+        w.key("name"); w.string(goQuoting: name)
+        w.key("type"); w.string(plain: type.jsonName)
         if mode != 0 { w.key("mode"); w.number(mode) }
-        w.key("mtime"); w.string(mtime.rfc3339)
-        w.key("atime"); w.string(atime.rfc3339)
-        w.key("ctime"); w.string(ctime.rfc3339)
+        w.key("mtime"); w.string(mtime)
+        w.key("atime"); w.string(atime)
+        w.key("ctime"); w.string(ctime)
         w.key("uid"); w.number(uid)
         w.key("gid"); w.number(gid)
         if !user.isEmpty { w.key("user"); w.string(user) }
@@ -128,11 +146,11 @@ extension Node {
         if links != 0 { w.key("links"); w.number(links) }
         if !linkTarget.isEmpty {
             w.key("linktarget")
-            if let s = String(validating: linkTarget, as: UTF8.self) {
-                w.string(s)
+            if linkTarget.withUnsafeBufferPointer({ GoQuote.isValidUTF8($0) }) {
+                w.string(utf8: linkTarget)
             } else {
                 w.string(String(decoding: linkTarget, as: UTF8.self))
-                w.key("linktarget_raw"); w.string(Data(linkTarget).base64EncodedString())
+                w.key("linktarget_raw"); w.string(base64: linkTarget)
             }
         }
         if !extendedAttributes.isEmpty {
@@ -141,7 +159,7 @@ extension Node {
             for a in extendedAttributes {
                 w.beginObject()
                 w.key("name"); w.string(a.name)
-                w.key("value"); w.string(Data(a.value).base64EncodedString())
+                w.key("value"); w.string(base64: a.value)
                 w.endObject()
             }
             w.endArray()
@@ -150,73 +168,23 @@ extension Node {
         w.key("content")
         if type == .file {
             w.beginArray()
-            for id in content { w.string(id.hex) }
+            for id in content { w.string(id) }
             w.endArray()
         } else {
             w.null()
         }
-        if let subtree { w.key("subtree"); w.string(subtree.hex) }
+        if let subtree { w.key("subtree"); w.string(subtree) }
         if !error.isEmpty { w.key("error"); w.string(error) }
         w.endObject()
     }
 
-    /// Decodes one node of a tree. Throws a message naming the bad field.
-    init(json: JSONValue) throws {
-        func bad(_ what: String) -> HavenError { HavenError(.corrupt, "node has an invalid \(what)") }
-        guard case .object = json else { throw bad("shape (not an object)") }
-        guard let quoted = json["name"]?.string else { throw bad("name") }
-        guard let raw = GoQuote.unquote(Array(quoted.utf8)) else { throw bad("name escape in \"\(quoted.prefix(100))\"") }
-        let typeName = json["type"]?.string ?? ""
-        guard let kind = Kind(rawValue: typeName) else { throw bad("type \"\(typeName.prefix(40))\"") }
-        self.init(name: raw, type: kind)
-        func u64(_ key: String) throws -> UInt64 {
-            guard let v = json[key], !v.isNull else { return 0 }
-            guard let n = v.uint64 else { throw bad(key) }
-            return n
-        }
-        func time(_ key: String) throws -> Timestamp {
-            guard let s = json[key]?.string else { return Timestamp(seconds: 0) }
-            guard let t = Timestamp(rfc3339: s) else { throw bad("\(key) \"\(s.prefix(40))\"") }
-            return t
-        }
-        mode = UInt32(truncatingIfNeeded: try u64("mode"))
-        mtime = try time("mtime")
-        atime = try time("atime")
-        ctime = try time("ctime")
-        uid = UInt32(truncatingIfNeeded: try u64("uid"))
-        gid = UInt32(truncatingIfNeeded: try u64("gid"))
-        user = json["user"]?.string ?? ""
-        group = json["group"]?.string ?? ""
-        inode = try u64("inode")
-        deviceID = try u64("device_id")
-        size = try u64("size")
-        links = try u64("links")
-        device = try u64("device")
-        if let rawTarget = json["linktarget_raw"]?.string {
-            guard let d = Data(base64Encoded: rawTarget) else { throw bad("linktarget_raw") }
-            linkTarget = Array(d)
-        } else if let t = json["linktarget"]?.string {
-            linkTarget = Array(t.utf8)
-        }
-        if let items = json["content"]?.array {
-            content.reserveCapacity(items.count)
-            for item in items {
-                guard let s = item.string, let id = ID(hex: s) else { throw bad("content ID") }
-                content.append(id)
-            }
-        }
-        if let s = json["subtree"], !s.isNull {
-            guard let str = s.string, let id = ID(hex: str) else { throw bad("subtree ID") }
-            subtree = id
-        }
-        if let attrs = json["extended_attributes"]?.array {
-            for a in attrs {
-                guard let n = a["name"]?.string else { throw bad("extended attribute") }
-                let v = a["value"]?.string.flatMap { Data(base64Encoded: $0) } ?? Data()
-                extendedAttributes.append(ExtendedAttribute(name: n, value: Array(v)))
-            }
-        }
-        error = json["error"]?.string ?? ""
+    /// A generous guess at the encoded size, so the encoder reserves once.
+    var estimatedEncodedSize: Int {
+        var n = 340 + 2 * name.count + user.utf8.count + group.utf8.count + error.utf8.count + 67 * content.count
+        if subtree != nil { n += 80 }
+        if !linkTarget.isEmpty { n += 40 + 4 * linkTarget.count }
+        for a in extendedAttributes { n += 32 + a.name.utf8.count + 2 * a.value.count }
+        return n
     }
 }
 
@@ -227,26 +195,31 @@ public struct Tree: Sendable, Equatable {
 
     /// The canonical encoding whose SHA-256 is the tree's blob ID: `{"nodes":[…]}` and a newline.
     public func encoded() -> [UInt8] {
-        var w = JSONWriter(capacity: 128 + nodes.count * 300)
-        w.beginObject()
-        w.key("nodes")
-        w.beginArray()
-        for n in nodes { n.write(to: &w) }
-        w.endArray()
-        w.endObject()
-        w.bytes.append(0x0a)
-        return w.bytes
+        nodes.withUnsafeBufferPointer { nodes in
+            // Indexing the buffer borrows each node; a for-in loop would copy (retain) every one.
+            var capacity = 16
+            for k in nodes.indices { capacity += nodes[k].estimatedEncodedSize }
+            var w = JSONWriter(capacity: capacity)
+            w.beginObject()
+            w.key("nodes")
+            w.beginArray()
+            for k in nodes.indices { nodes[k].write(to: &w) }
+            w.endArray()
+            w.endObject()
+            w.appendByte(0x0a)
+            return w.finish()
+        }
     }
 
-    /// Parses a tree blob. Throws `.corrupt` for anything that is not a well-formed tree.
+    /// Parses a tree blob in one pass over the bytes (no intermediate JSON values). Accepts what restic
+    /// writes: unknown fields are skipped, `null` stands for an absent value. Throws `.corrupt` for
+    /// anything that is not a well-formed tree, naming the node and field.
     public static func decode(_ bytes: [UInt8]) throws -> Tree {
-        let json: JSONValue
-        do { json = try JSONValue.parse(bytes) } catch { throw HavenError(.corrupt, "tree is not valid JSON: \(error)") }
-        guard case .object = json else { throw HavenError(.corrupt, "tree is not a JSON object") }
-        guard let v = json["nodes"] else { return Tree() }
-        if v.isNull { return Tree() }
-        guard let items = v.array else { throw HavenError(.corrupt, "tree's nodes field is not a list") }
-        return Tree(nodes: try items.map { try Node(json: $0) })
+        let nodes = try bytes.withUnsafeBufferPointer { buffer in
+            var decoder = TreeDecoder(buffer)
+            return try decoder.decodeTree()
+        }
+        return Tree(nodes: nodes)
     }
 
     public func node(named name: [UInt8]) -> Node? { nodes.first { $0.name == name } }

@@ -169,7 +169,8 @@ struct Backup: AsyncParsableCommand {
         for location in locations {
             do {
                 let repo = try await Repository.open(storage: try global.storage(at: location), password: password)
-                try await repo.loadIndex()
+                global.useCache(for: repo)
+                try await global.loadIndex(repo)
                 repositories.append(repo)
             } catch let e as HavenError {
                 if e.code == .usage { throw e }

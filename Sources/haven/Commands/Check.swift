@@ -35,7 +35,8 @@ struct Check: AsyncParsableCommand {
         let repo = try await global.openRepository(index: false)
         out.info("checking repository \(repo.storage.location)")
         let report = try await withRepositoryLock(repo, exclusive: false, global: global, readOnly: true) { _ in
-            await Checker.run(repository: repo, options: options)
+            // Like restic, check reads trees through a fresh cache, never through copies made earlier.
+            await global.withTemporaryCache(for: repo) { await Checker.run(repository: repo, options: options) }
         }
         if global.json {
             out.printJSON([

@@ -57,6 +57,7 @@ struct Copy: AsyncParsableCommand {
             throw HavenError(.usage, "copy writes into one repository: give -r/--repo once (the source is --from-repo)")
         }
         let source = try await Repository.open(storage: try global.storage(at: from), password: try sourcePassword())
+        global.useCache(for: source)
         let destination = try await global.openRepository()
         guard source.config.id != destination.config.id else {
             throw HavenError(.usage, "--from-repo and -r name the same repository (\(destination.storage.location)); copy needs two repositories")
@@ -65,7 +66,7 @@ struct Copy: AsyncParsableCommand {
             out.detail("the repositories use different chunker parameters: blobs are copied as they are, but later backups into the destination will not deduplicate against them")
         }
         let result = try await withRepositoryLock(source, exclusive: false, global: global, readOnly: true) { _ in
-            try await source.loadIndex()
+            try await global.loadIndex(source)
             var chosen = filter.apply(try await global.loadSnapshots(source))
             if !snapshots.isEmpty {
                 var picked: [Snapshot] = []

@@ -1,0 +1,184 @@
+import Foundation
+import Testing
+@testable import HavenCore
+import HavenTestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// Packs are assembled in spool files rather than in memory; a local repository gives the spool its name
+// without copying it. And an unchanged directory keeps its parent's tree without re-encoding it.
+
+/// Every regular file below `root`, relative to it.
+private func files(under root: String) -> [String] {
+    guard let e = FileManager.default.enumerator(atPath: root) else { return [] }
+    var out: [String] = []
+    while let rel = e.nextObject() as? String {
+        var st = stat()
+        if lstat(root + "/" + rel, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG { out.append(rel) }
+    }
+    return out.sorted()
+}
+
+@Suite("Pack spooling")
+struct PackSpoolTests {
+
+    @Test("a spool's ID is the SHA-256 of what was written, and it reads back the same bytes", arguments: [true, false])
+    func spoolContent(unnamed: Bool) throws {
+        let dir = TempDir("haven-spool")
+        let spool = try SpoolFile(in: dir.path, unnamed: unnamed)
+        let a = SeededRandom.bytes(seed: 1, 100_000), b = SeededRandom.bytes(seed: 2, 3)
+        try spool.write(a)
+        try spool.write(b)
+        #expect(spool.size == a.count + b.count)
+        #expect(spool.id == ID.hash(a + b))
+        #expect(try spool.readAll() == a + b)
+        spool.close()
+        #expect(files(under: dir.path).isEmpty, "a closed spool that was never named must leave nothing behind")
+    }
+
+    @Test("link(to:) names the spool read-only and durable; an existing file of the same name is kept", arguments: [true, false])
+    func spoolLink(unnamed: Bool) throws {
+        let dir = TempDir("haven-spool")
+        let spool = try SpoolFile(in: dir.path, unnamed: unnamed)
+        if unnamed {
+            #expect(files(under: dir.path).isEmpty, "an unnamed spool has no name until linked")
+        } else {
+            #expect(spool.visiblePath != nil && files(under: dir.path).count == 1)
+        }
+        try spool.write(Array("pack bytes".utf8))
+        let target = dir.sub("named")
+        try spool.link(to: target)
+        spool.close()
+        #expect(try Data(contentsOf: URL(fileURLWithPath: target)) == Data("pack bytes".utf8))
+        var st = stat()
+        #expect(lstat(target, &st) == 0 && st.st_mode & 0o777 == 0o400)
+        #expect(files(under: dir.path) == ["named"], "only the named file remains")
+
+        // Packs are named by their content: linking the same content again is not an error.
+        let again = try SpoolFile(in: dir.path, unnamed: unnamed)
+        try again.write(Array("pack bytes".utf8))
+        if unnamed { try again.link(to: target) }
+        again.close()
+        #expect(files(under: dir.path) == ["named"])
+    }
+
+    @Test("a backup into a local repository writes its packs through spools: named by their hash, nothing left over")
+    func localBackupSpools() async throws {
+        let dir = TempDir("haven-spool")
+        let src = dir.sub("src")
+        try Fixture.mkdir(src)
+        for i in 0..<40 { try Fixture.write(src + "/f\(i)", SeededRandom.bytes(seed: UInt64(i), 20_000 + i * 997)) }
+        let root = dir.sub("repo")
+        let repo = try await Repository.initialize(storage: LocalStorage(path: root), password: "pw", kdf: .testing)
+        var options = BackupOptions(paths: [src])
+        options.packSize = 64 << 10
+        options.compression = .off
+        let result = try await Archiver.backup(repository: repo, options: options)
+        #expect(result.warnings.isEmpty)
+
+        let stored = files(under: root + "/data")
+        #expect(stored.count >= 10, "small packs: expected many, found \(stored.count)")
+        for rel in stored {
+            let parts = rel.split(separator: "/")
+            try #require(parts.count == 2, "\(rel) is not in a data/xx/ directory")
+            let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: root + "/data/" + rel)))
+            #expect(ID.hash(bytes).hex == parts[1], "\(rel) is not named by its SHA-256")
+            #expect(parts[1].hasPrefix(parts[0]))
+            var st = stat()
+            #expect(lstat(root + "/data/" + rel, &st) == 0 && st.st_mode & 0o777 == 0o400)
+        }
+        #expect(files(under: root).allSatisfy { !$0.contains("spool") && !$0.contains(".tmp") })
+
+        // The data reads back from a freshly opened repository.
+        let reopened = try await Repository.open(storage: LocalStorage(path: root), password: "pw")
+        try await reopened.loadIndex()
+        let snapshot = try await reopened.loadSnapshot(try #require(result.snapshotID))
+        var tree = try await reopened.loadTree(snapshot.tree)
+        for comp in src.split(separator: "/") {
+            tree = try await reopened.loadTree(try #require(tree.node(named: Array(comp.utf8))?.subtree))
+        }
+        #expect(tree.nodes.count == 40)
+        for node in tree.nodes {
+            var content: [UInt8] = []
+            for id in node.content { content += try await reopened.loadBlob(id, .data) }
+            let i = Int(String(decoding: node.name.dropFirst(), as: UTF8.self))!
+            #expect(content == SeededRandom.bytes(seed: UInt64(i), 20_000 + i * 997))
+        }
+    }
+
+    @Test("a failing spool directory fails the backup with a clear error and stores no snapshot")
+    func unwritableSpool() async throws {
+        let dir = TempDir("haven-spool")
+        let src = dir.sub("src")
+        try Fixture.mkdir(src)
+        try Fixture.write(src + "/f", SeededRandom.bytes(seed: 3, 5000))
+        let storage = SpoolElsewhere(base: MemoryStorage(), spoolDirectory: dir.sub("missing"))
+        let repo = try await Repository.initialize(storage: storage, password: "pw", kdf: .testing)
+        let error = await expectHavenError { _ = try await Archiver.backup(repository: repo, options: BackupOptions(paths: [src])) }
+        #expect(error?.message.contains("temporary file for a pack") == true, "\(String(describing: error))")
+        #expect(try await storage.list(.snapshot).isEmpty)
+    }
+
+    @Test("an unchanged directory keeps its parent's tree, even one encoded differently from Haven's encoding")
+    func unchangedDirectoryKeepsParentTree() async throws {
+        let dir = TempDir("haven-spool")
+        let src = dir.sub("src")
+        try Fixture.mkdir(src)
+        for i in 0..<3 { try Fixture.write(src + "/f\(i)", SeededRandom.bytes(seed: UInt64(i), 1000)) }
+        let storage = MemoryStorage()
+        let repo = try await Repository.initialize(storage: storage, password: "pw", kdf: .testing)
+        let first = try await Archiver.backup(repository: repo, options: BackupOptions(paths: [src]))
+        let snapshot = try await repo.loadSnapshot(try #require(first.snapshotID))
+        let components = src.split(separator: "/").map { Array($0.utf8) }
+
+        // The same directory content, encoded with extra spaces: another blob ID, the same nodes.
+        var trees = [try await repo.loadTree(snapshot.tree)]
+        for comp in components { trees.append(try await repo.loadTree(try #require(trees.last!.node(named: comp)?.subtree))) }
+        let encoded = String(decoding: trees.last!.encoded(), as: UTF8.self)
+        let spaced = Array(encoded.replacingOccurrences(of: "{\"nodes\":", with: "{ \"nodes\" : ").utf8)
+        #expect(try Tree.decode(spaced) == trees.last!)
+        let writer = BlobWriter(repository: repo)
+        var replacement = try await writer.save(.tree, plaintext: spaced)
+        let variantID = replacement
+        // Rebuild the path from the root with the variant at the end, and save it as another snapshot.
+        for level in stride(from: components.count - 1, through: 0, by: -1) {
+            var tree = trees[level]
+            let index = try #require(tree.nodes.firstIndex { $0.name == components[level] })
+            tree.nodes[index].subtree = replacement
+            replacement = try await writer.save(.tree, plaintext: tree.encoded())
+        }
+        try await writer.flush()
+        var variant = snapshot
+        variant.tree = replacement
+        let parent = try await repo.saveSnapshot(variant)
+
+        var options = BackupOptions(paths: [src])
+        options.parent = parent
+        let second = try await Archiver.backup(repository: repo, options: options)
+        let again = try await repo.loadSnapshot(try #require(second.snapshotID))
+        var tree = try await repo.loadTree(again.tree)
+        var id = again.tree
+        for comp in components {
+            id = try #require(tree.node(named: comp)?.subtree)
+            tree = try await repo.loadTree(id)
+        }
+        #expect(id == variantID, "the unchanged directory was encoded again instead of keeping the parent's tree")
+        #expect(second.summary.dirsUnmodified >= 1)
+    }
+}
+
+/// Memory storage whose spool files go to a given directory.
+private final class SpoolElsewhere: StorageDecorator {
+    let base: any Storage
+    let directory: String
+    init(base: any Storage, spoolDirectory: String) { self.base = base; directory = spoolDirectory }
+    var spoolDirectory: String? { directory }
+    var properties: StorageProperties { base.properties }
+    func create() async throws { try await base.create() }
+    func save(_ handle: Handle, _ data: [UInt8]) async throws { try await base.save(handle, data) }
+    func load(_ handle: Handle, offset: Int, length: Int?) async throws -> [UInt8] { try await base.load(handle, offset: offset, length: length) }
+    func stat(_ handle: Handle) async throws -> Int { try await base.stat(handle) }
+    func list(_ type: FileType) async throws -> [StoredFile] { try await base.list(type) }
+    func remove(_ handle: Handle) async throws { try await base.remove(handle) }
+}
