@@ -130,6 +130,10 @@ public final class Archiver: Sendable {
     let options: BackupOptions
     let progress: BackupProgress
     let fileSlots: AsyncSemaphore
+    /// Directories walked in tasks of their own at once (others are walked by their parent's task).
+    let directorySlots = AsyncSemaphore(permits: 8)
+    /// Entries of one directory in flight at once.
+    static let entriesInFlight = 16
     let warnings = Locked<[BackupWarning]>([])
     let counts = Locked<Snapshot.Summary>(Snapshot.Summary())
     let names = NameCache()
@@ -613,18 +617,30 @@ public final class Archiver: Sendable {
             return byName
         }
         var results = [Node?](repeating: nil, count: names.count)
+        // Entries run concurrently, a few at a time. A subdirectory gets its own task only while fewer than
+        // `directorySlots` are being walked; otherwise it is walked right here. That bounds the number of
+        // tasks (and the memory they hold) however wide and deep the tree is, without a parent ever waiting
+        // for a slot its own children hold.
         try await withThrowingTaskGroup(of: (Int, Node?).self) { group in
+            var inFlight = 0
             for (i, name) in names.enumerated() {
                 let childPath = path.appending(name)
                 let parentNodes = parentByName.map { $0[name] }
                 let stat = stats[i]
-                group.addTask {
-                    (i, try await self.archiveEntry(name: name, path: childPath, parentNodes: parentNodes, device: device, stat: stat))
+                let isDirectory = (try? stat.get())?.isDirectory ?? false
+                if isDirectory && !directorySlots.tryAcquire() {
+                    results[i] = try await archiveEntry(name: name, path: childPath, parentNodes: parentNodes, device: device, stat: stat)
+                    continue
                 }
-                // Keep the group small so memory stays bounded in huge directories.
-                if i >= 64 {
+                if inFlight >= Self.entriesInFlight {
                     if let (j, n) = try await group.next() { results[j] = n }
+                    inFlight -= 1
                 }
+                group.addTask {
+                    defer { if isDirectory { self.directorySlots.release() } }
+                    return (i, try await self.archiveEntry(name: name, path: childPath, parentNodes: parentNodes, device: device, stat: stat))
+                }
+                inFlight += 1
             }
             for try await (j, n) in group { results[j] = n }
         }
