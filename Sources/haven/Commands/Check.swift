@@ -33,6 +33,9 @@ struct Check: AsyncParsableCommand {
         if readData { options.readData = .all }
         if let s = readDataSubset { options.readData = try ReadDataSelection.parse(s) }
         let repo = try await global.openRepository(index: false)
+        // Each pack being verified is held in memory whole: run as many as the storage has connections
+        // (a local disk: 2), at most 4.
+        options.concurrency = min(4, max(2, repo.storage.properties.connections))
         out.info("checking repository \(repo.storage.location)")
         let report = try await withRepositoryLock(repo, exclusive: false, global: global, readOnly: true) { _ in
             // Like restic, check reads trees through a fresh cache, never through copies made earlier.

@@ -63,8 +63,14 @@ struct Restore: AsyncParsableCommand {
         let result = try await withRepositoryLock(repo, exclusive: false, global: global, readOnly: true) { _ in
             let snap = try await global.findSnapshot(name, in: repo, filter: filter)
             // Patterns are written as absolute snapshot paths (restic's form); the engine matches from the root.
-            let options = RestoreOptions(target: target!, includes: include, excludes: exclude,
+            var options = RestoreOptions(target: target!, includes: include, excludes: exclude,
                                          overwrite: RestoreOverwrite(rawValue: overwrite)!, verify: verify, dryRun: dryRun)
+            // Reading a local pack in smaller pieces costs nothing and keeps memory down; remote stores get
+            // fewer, larger requests.
+            if undecorated(repo.storage) is LocalStorage {
+                options.maxReadSize = 4 << 20
+                options.packConcurrency = 2
+            }
             out.info("restoring snapshot \(snap.id!.short) of \(snap.paths.joined(separator: ", ")) at \(snap.time.display) to \(target!)")
             let plan = try await Restorer.plan(repository: repo, tree: snap.tree, subpath: subpath, options: options)
             let reporter = RestoreReporter(output: out, total: plan.totalBytes)
