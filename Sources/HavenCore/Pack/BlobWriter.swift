@@ -80,7 +80,8 @@ public final class BlobWriter: Sendable {
 
     func append(_ type: BlobType, id: ID, sealed: [UInt8], uncompressedLength: UInt32, plaintextCount: Int) async throws -> Bool {
         let full: OpenPack? = try state.withLock { s throws(HavenError) -> OpenPack? in
-            var pack = s.open[type] ?? OpenPack()
+            // Take the pack out of the dictionary, so appending to its blob list does not copy the list.
+            var pack = s.open.removeValue(forKey: type) ?? OpenPack()
             if pack.spool == nil && !dryRun {
                 do { pack.spool = try SpoolFile(in: repository.storage.spoolDirectory) } catch { throw Self.haven(error) }
             }

@@ -9,8 +9,10 @@ final class PackAssembler: Sendable {
     let repository: Repository
     let packSize: Int
 
+    /// A pack being filled, written to a spool file.
     private struct OpenPack {
-        var bytes: [UInt8] = []
+        var spool: SpoolFile
+        var size = 0
         var blobs: [PackedBlob] = []
     }
 
@@ -34,16 +36,23 @@ final class PackAssembler: Sendable {
     /// Appends one sealed blob described by `blob` (its offset is ignored). Uploads a pack once it is full.
     func add(_ blob: PackedBlob, sealed: [UInt8]) async throws {
         precondition(sealed.count == Int(blob.length))
-        let full: OpenPack? = state.withLock { s in
-            var pack = s.open[blob.type] ?? OpenPack()
-            var b = blob
-            b.offset = UInt32(pack.bytes.count)
-            pack.blobs.append(b)
-            pack.bytes.append(contentsOf: sealed)
-            if pack.bytes.count >= packSize {
-                s.open[blob.type] = nil
-                return pack
+        let full: OpenPack? = try state.withLock { s throws(HavenError) -> OpenPack? in
+            // Taken out of the dictionary, so appending to its blob list does not copy the list.
+            var pack: OpenPack
+            if let open = s.open.removeValue(forKey: blob.type) {
+                pack = open
+            } else {
+                do { pack = OpenPack(spool: try SpoolFile(in: repository.storage.spoolDirectory)) } catch { throw BlobWriter.haven(error) }
             }
+            var b = blob
+            b.offset = UInt32(pack.size)
+            do { try pack.spool.write(sealed) } catch {
+                pack.spool.close()
+                throw BlobWriter.haven(error)
+            }
+            pack.blobs.append(b)
+            pack.size += sealed.count
+            if pack.size + pack.blobs.count * PackFormat.compressedEntrySize >= packSize { return pack }
             s.open[blob.type] = pack
             return nil
         }
@@ -61,15 +70,18 @@ final class PackAssembler: Sendable {
     }
 
     private func upload(_ pack: OpenPack) async throws {
-        var bytes = pack.bytes
+        let spool = pack.spool
+        defer { spool.close() }
         let header = repository.key.seal(PackFormat.encodeHeader(pack.blobs))
-        bytes.append(contentsOf: header)
-        PackFormat.appendLE(&bytes, UInt32(header.count))
-        let id = ID.hash(bytes)
-        try await repository.storage.save(Handle(.pack, id), bytes)
+        try spool.write(header)
+        var length: [UInt8] = []
+        PackFormat.appendLE(&length, UInt32(header.count))
+        try spool.write(length)
+        let id = spool.id
+        try await repository.storage.save(Handle(.pack, id), spooled: spool)
         state.withLock { s in
             s.written.append(IndexFile.Pack(id: id, blobs: pack.blobs))
-            s.bytesWritten += UInt64(bytes.count)
+            s.bytesWritten += UInt64(spool.size)
         }
     }
 }
