@@ -3,7 +3,7 @@ import HavenDaemon
 import HavenServer
 import Testing
 
-@Suite("API routes", .timeLimit(.minutes(1)))
+@Suite("API routes", .timeLimit(.minutes(3)))
 struct APIRoutesTests {
     @Test func healthzAnswersOK() async throws {
         try await withServer { server in

@@ -3,7 +3,7 @@ import HavenDaemon
 import HavenServer
 import Testing
 
-@Suite("API authentication", .timeLimit(.minutes(1)))
+@Suite("API authentication", .timeLimit(.minutes(3)))
 struct AuthTests {
     static let unauthorizedBody = #"{"error":"authentication required"}"#
 

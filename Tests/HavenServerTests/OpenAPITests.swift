@@ -4,7 +4,7 @@ import Testing
 import Yams
 
 /// `docs/api.yaml` against the server: same routes, valid OpenAPI, and the JSON the server sends fits the schemas.
-@Suite("OpenAPI document", .timeLimit(.minutes(1)))
+@Suite("OpenAPI document", .timeLimit(.minutes(3)))
 struct OpenAPITests {
     static let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     static let documentPath = repositoryRoot.appendingPathComponent("docs/api.yaml").path
