@@ -127,13 +127,7 @@ public final class BlobWriter: Sendable {
         }
         defer { spool.close() }
         try await uploadSlots.withPermit {
-            let header = repository.key.seal(PackFormat.encodeHeader(pack.blobs))
-            try spool.write(header)
-            var length: [UInt8] = []
-            PackFormat.appendLE(&length, UInt32(header.count))
-            try spool.write(length)
-            let id = spool.id
-            try await repository.storage.save(Handle(.pack, id), spooled: spool)
+            let id = try await repository.savePack(spool, blobs: pack.blobs)
             repository.cacheWrittenPack(id, spool: spool, blobs: pack.blobs)
             repository.index.add(pack: id, blobs: pack.blobs)
             let needIndex = state.withLock { s -> Bool in

@@ -72,13 +72,7 @@ final class PackAssembler: Sendable {
     private func upload(_ pack: OpenPack) async throws {
         let spool = pack.spool
         defer { spool.close() }
-        let header = repository.key.seal(PackFormat.encodeHeader(pack.blobs))
-        try spool.write(header)
-        var length: [UInt8] = []
-        PackFormat.appendLE(&length, UInt32(header.count))
-        try spool.write(length)
-        let id = spool.id
-        try await repository.storage.save(Handle(.pack, id), spooled: spool)
+        let id = try await repository.savePack(spool, blobs: pack.blobs)
         state.withLock { s in
             s.written.append(IndexFile.Pack(id: id, blobs: pack.blobs))
             s.bytesWritten += UInt64(spool.size)

@@ -97,3 +97,18 @@ public final class SpoolFile: @unchecked Sendable {
         _ = Glibc.close(fd)
     }
 }
+
+extension Repository {
+    /// Finishes a pack whose blobs were written to `spool` (appends the encrypted header and its length)
+    /// and stores it under its SHA-256. Returns the pack's ID.
+    func savePack(_ spool: SpoolFile, blobs: [PackedBlob]) async throws -> ID {
+        let header = key.seal(PackFormat.encodeHeader(blobs))
+        try spool.write(header)
+        var length: [UInt8] = []
+        PackFormat.appendLE(&length, UInt32(header.count))
+        try spool.write(length)
+        let id = spool.id
+        try await storage.save(Handle(.pack, id), spooled: spool)
+        return id
+    }
+}
