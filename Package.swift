@@ -20,12 +20,16 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .target(name: "CHavenShims"),
+        // scrypt's Salsa20/8 mixing, optimised in every configuration: debug builds of it are ~30× slower
+        // and every test that derives a key would pay for that.
+        .target(name: "HavenKDF", swiftSettings: [.unsafeFlags(["-O"])]),
         // The engine: repository format, archiver, restorer, check, prune, local storage. No server stack.
         .target(
             name: "HavenCore",
             dependencies: [
                 "CZstd",
                 "CHavenShims",
+                "HavenKDF",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]
@@ -75,7 +79,15 @@ let package = Package(
             ]
         ),
         .target(name: "HavenTestSupport", dependencies: ["HavenCore"]),
-        .testTarget(name: "HavenCoreTests", dependencies: ["HavenCore", "HavenTestSupport"]),
+        .testTarget(
+            name: "HavenCoreTests",
+            dependencies: [
+                "HavenCore", "HavenTestSupport", "HavenKDF",
+                // BoringSSL's scrypt, the reference Haven's own is checked against.
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ]
+        ),
         .testTarget(name: "HavenStorageS3Tests", dependencies: ["HavenStorageS3", "HavenCore", "HavenTestSupport"]),
         .testTarget(name: "HavenStorageSFTPTests", dependencies: ["HavenStorageSFTP", "HavenCore", "HavenTestSupport"]),
         .testTarget(name: "HavenDaemonTests", dependencies: ["HavenDaemon", "HavenCore", "HavenTestSupport"]),

@@ -172,6 +172,13 @@ def main(outdir, results_md):
         out.append(f"- restic: {meta.get('restic_version', '?')} (compression auto, cache in a per-run temp dir)")
     if "borg" in tools:
         out.append(f"- borg: {meta.get('borg_version', '?')} (`-e repokey`, `--compression zstd,3`)")
+    if meta.get("kdf"):
+        kdf = meta["kdf"]
+        if kdf[0].isdigit():
+            out.append(f"- scrypt: Haven's and restic's keys both use N,r,p = {kdf} (restic's calibration on this "
+                       f"machine), so each password check costs both tools the same work.")
+        else:
+            out.append(f"- scrypt: {kdf}.")
     if meta.get("not_run"):
         out.append(f"- Not run: {meta['not_run']}.")
     out.append(f"- Mode: {meta.get('mode', '?')}; rounds: {meta.get('rounds', '?')} (median shown); "

@@ -449,6 +449,21 @@ LOGDIR="$OUT/logs"
 mkdir -p "$LOGDIR"
 export HAVEN_PASSWORD=bench-password RESTIC_PASSWORD=bench-password BORG_PASSPHRASE=bench-password
 export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+# Both tools calibrate scrypt at init to about 0.5 s of their own implementation, so their keys would
+# differ in strength and the comparison would measure a policy, not speed. Haven's key gets the
+# parameters restic calibrates on this machine (equal work per password guess), found once per run.
+KDF_PARAMS=""
+if uses haven && uses restic; then
+    probe=$(mktemp -d "$BENCH_DIR/kdf.XXXXXX")
+    if restic -r "$probe/repo" init --repository-version 2 >/dev/null 2>&1; then
+        KDF_PARAMS=$(python3 -c 'import json,sys,glob; k=json.load(open(glob.glob(sys.argv[1]+"/repo/keys/*")[0])); print("%d,%d,%d" % (k["N"], k["r"], k["p"]))' "$probe")
+        export HAVEN_KDF_PARAMS="$KDF_PARAMS"
+        log "scrypt parameters for both tools' keys: N,r,p = $KDF_PARAMS (restic's calibration)"
+    else
+        log "could not probe restic's scrypt calibration; each tool keeps its own"
+    fi
+    rm -rf "$probe"
+fi
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 trap stop_weed EXIT
 trap 'exit 130' INT
@@ -481,6 +496,7 @@ done
     if uses restic; then printf 'restic_version\t%s\n' "$(restic version | head -1)"; fi
     if uses borg; then printf 'borg_version\t%s\n' "$(borg --version | head -1)"; fi
     printf 'tools\t%s\n' "$TOOLS"
+    printf 'kdf\t%s\n' "${KDF_PARAMS:-each tool calibrates its own}"
     printf 'storage\t%s\n' "$STORAGE"
     if [ "$S3" = 1 ]; then printf 'seaweedfs_version\t%s\n' "$(weed_version)"; fi
     not_run=""

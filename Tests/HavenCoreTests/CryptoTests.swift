@@ -1,6 +1,9 @@
 import Foundation
 import Testing
 @testable import HavenCore
+import Crypto
+import _CryptoExtras
+import HavenKDF
 
 // MARK: - Helpers
 
@@ -420,6 +423,70 @@ extension CryptoTests {
                                         parameters: KDFParameters(n: 1024, r: 8, p: 16), outputByteCount: 64)
             #expect(toHex(out) == "fdbabe1c9d3472007856e7190d01e9fe7c6ad7cbc8237830e77376634b373162"
                 + "2eaf30d92e22a3886ff109279d9830dac727afb94a83ee6d8360cbdfa2cc0640")
+        }
+
+        /// RFC 7914 section 8: the Salsa20/8 core alone, through the diagonal-order vector code.
+        @Test func salsa8RFC7914() {
+            let input = hex("7e879a214f3ec9867ca940e641718f26baee555b8c61c1b50df846116dcd3b1d"
+                + "ee24f319df9b3d8514121e4b5ac5aa3276021d2909c74829edebc68db8b8c25e")
+            #expect(toHex(ScryptMix.salsa8(block: input)) == "a41f859c6608cc993b81cacb020cef05044b2181a2fd337dfd7b1c6396682f29"
+                + "b4393168e3c9e6bcfe6bc5b7a06d96bae424cc102c91745c24ad673dc7618f81")
+        }
+
+        /// RFC 7914 section 12, fourth vector (N=2^14, one lane: the full table on one thread).
+        @Test func scryptRFC7914Large() throws {
+            let out = try Scrypt.derive(password: Array("pleaseletmein".utf8), salt: Array("SodiumChloride".utf8),
+                                        parameters: KDFParameters(n: 16384, r: 8, p: 1), outputByteCount: 64)
+            #expect(toHex(out) == "7023bdcb3afd7348461c06cd81fd38ebfda8fbba904f8e3ea9b543f6545da1f2"
+                + "d5432955613f0fcf62d49705242a9af9e61e85dc0d651e40dfcf017b45575887")
+        }
+
+        /// The 16 lanes of the third RFC vector on 1, 2 and 4 threads: 2 and 4 threads store every 2nd
+        /// and 4th table block and recompute the rest, which must not change the result.
+        @Test(arguments: [1, 2, 4])
+        func scryptThreadsAndSparseTables(threads: Int) throws {
+            #expect(Scrypt.threadCount(n: 1024, p: 16, maxThreads: threads) == threads)
+            let out = try Scrypt.derive(password: Array("password".utf8), salt: Array("NaCl".utf8),
+                                        parameters: KDFParameters(n: 1024, r: 8, p: 16), outputByteCount: 64,
+                                        maxThreads: threads)
+            #expect(toHex(out) == "fdbabe1c9d3472007856e7190d01e9fe7c6ad7cbc8237830e77376634b373162"
+                + "2eaf30d92e22a3886ff109279d9830dac727afb94a83ee6d8360cbdfa2cc0640")
+        }
+
+        @Test func scryptThreadCount() {
+            #expect(Scrypt.threadCount(n: 1024, p: 1, maxThreads: 8) == 1)
+            #expect(Scrypt.threadCount(n: 1024, p: 3, maxThreads: 8) == 2)
+            #expect(Scrypt.threadCount(n: 1024, p: 5, maxThreads: 3) == 2)
+            #expect(Scrypt.threadCount(n: 1024, p: 64, maxThreads: 16) == 4)
+            #expect(Scrypt.threadCount(n: 1024, p: 64, maxThreads: 0) == 1)
+            #expect(Scrypt.threadCount(n: 2, p: 64, maxThreads: 8) == 2)
+        }
+
+        /// Haven's scrypt against BoringSSL's (swift-crypto) on random parameters, passwords, salts,
+        /// output sizes and thread counts.
+        @Test func scryptAgreesWithBoringSSL() throws {
+            var rng = SystemRandomNumberGenerator()
+            for round in 0..<40 {
+                let r = Int.random(in: 1...8, using: &rng), p = Int.random(in: 1...6, using: &rng)
+                let n = 1 << Int.random(in: 1...(r == 1 ? 12 : 11), using: &rng)
+                let password = (0..<Int.random(in: 1...80, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                let salt = (0..<Int.random(in: 1...80, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                let length = Int.random(in: 1...200, using: &rng)
+                let threads = [1, 2, 3, 4][round % 4]
+                let ours = try Scrypt.derive(password: password, salt: salt, parameters: KDFParameters(n: n, r: r, p: p),
+                                             outputByteCount: length, maxThreads: threads)
+                let theirs = try password.withUnsafeBytes { buffer in
+                    try KDF.Scrypt.deriveKey(from: buffer, salt: salt, outputByteCount: length, rounds: n, blockSize: r,
+                                             parallelism: p, maxMemory: 1 << 28).withUnsafeBytes { Array($0) }
+                }
+                #expect(ours == theirs, "N=\(n) r=\(r) p=\(p) length=\(length) threads=\(threads)")
+            }
+        }
+
+        @Test func scryptRejectsBadOutputSize() {
+            expectHavenError(.invalidArgument) {
+                _ = try Scrypt.derive(password: [1], salt: [1], parameters: .testing, outputByteCount: 0)
+            }
         }
 
         @Test func scryptEmptyPasswordWorks() throws {

@@ -14,8 +14,9 @@ public struct KDFParameters: Sendable, Equatable {
     public var n: Int, r: Int, p: Int
     /// Wraps the three scrypt parameters; `problem` says whether they are usable.
     public init(n: Int, r: Int, p: Int) { self.n = n; self.r = r; self.p = p }
-    /// Parameters that take about `target` seconds on this machine within `maxMemory` bytes (restic aims
-    /// at 0.5 s and 60 MiB). Never lower than N=2^15, r=8, p=1.
+    /// Parameters whose work takes about `target` seconds of one core on this machine within `maxMemory`
+    /// bytes (restic aims at 0.5 s and 60 MiB). Never lower than N=2^15, r=8, p=1. Opening a repository
+    /// takes less wall time than `target` when p > 1: Haven mixes the p lanes on several cores.
     public static func calibrate(target: Double = 0.5, maxMemory: Int = 60 << 20) -> KDFParameters {
         let base = KDFParameters(n: 1 << 15, r: 8, p: 1)
         let salt = [UInt8](repeating: 0x5a, count: 64)
@@ -172,41 +173,6 @@ extension KDFParameters {
         guard 128 * r * (n + p + 1) <= 1 << 30 else { return "\(what): they would need more than 1 GiB of memory" }
         guard 128 * n * r * p <= 1 << 32 else { return "\(what): they would take unreasonably long" }
         return nil
-    }
-}
-
-/// scrypt (RFC 7914) through swift-crypto, and the restic key derivation built on it.
-enum Scrypt {
-    static let maxN = 1 << 20
-
-    /// scrypt(password, salt, N, r, p) → `outputByteCount` bytes. Throws `.invalidArgument` for
-    /// parameters `KDFParameters.problem` rejects.
-    static func derive(password: [UInt8], salt: [UInt8], parameters: KDFParameters, outputByteCount: Int) throws -> [UInt8] {
-        if let problem = parameters.problem { throw HavenError(.invalidArgument, problem) }
-        guard !salt.isEmpty else { throw HavenError(.invalidArgument, "scrypt salt must not be empty") }
-        // swift-crypto hands the password's base address to BoringSSL force-unwrapped; back an empty
-        // password by a one-byte array so the pointer is valid (the length passed stays 0).
-        let storage = password.isEmpty ? [0] : password
-        let key: SymmetricKey
-        do {
-            key = try storage.withUnsafeBytes { buffer -> SymmetricKey in
-                try KDF.Scrypt.deriveKey(
-                    from: UnsafeRawBufferPointer(rebasing: buffer[0..<password.count]), salt: salt, outputByteCount: outputByteCount,
-                    rounds: parameters.n, blockSize: parameters.r, parallelism: parameters.p,
-                    maxMemory: 128 * parameters.r * (parameters.n + parameters.p + 2) + (1 << 16))
-            }
-        } catch {
-            throw HavenError(.unsupported, "scrypt with N=\(parameters.n), r=\(parameters.r), p=\(parameters.p) failed",
-                             cause: error)
-        }
-        return key.withUnsafeBytes { Array($0) }
-    }
-
-    /// The key that seals a key file's master key: scrypt output bytes 0..<32 encrypt, 32..<48 are the
-    /// MAC's AES key k, 48..<64 its r.
-    static func userKey(password: String, salt: [UInt8], parameters: KDFParameters) throws -> MasterKey {
-        let bytes = try derive(password: Array(password.utf8), salt: salt, parameters: parameters, outputByteCount: 64)
-        return MasterKey(encryptionKey: Array(bytes[0..<32]), macK: Array(bytes[32..<48]), macR: Array(bytes[48..<64]))
     }
 }
 
