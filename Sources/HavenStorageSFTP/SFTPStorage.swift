@@ -14,7 +14,7 @@ public final class SFTPStorage: Storage {
     public let command: [String]
     /// `connections` is how many operations callers should run at once. They all share one pipelined SSH
     /// session, so more only helps to overlap the round trips of small files (restic's default is 5 too).
-    public var properties: StorageProperties { StorageProperties(connections: connections, atomicReplace: false) }
+    public var properties: StorageProperties { StorageProperties(connections: connections, atomicReplace: false, consistentListing: true) }
     private let connections: Int
 
     private let handshakeTimeout: Double

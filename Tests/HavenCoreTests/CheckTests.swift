@@ -192,6 +192,51 @@ struct CheckTests {
                 "\(report)")
     }
 
+    @Test("blobs of a large pack are verified in two runs of about equal bytes, small packs in one")
+    func splitByBytes() {
+        func blobs(_ lengths: [UInt32]) -> [PackedBlob] {
+            var offset: UInt32 = 0
+            return lengths.enumerated().map { i, length in
+                defer { offset += length }
+                return PackedBlob(id: ID.hash(Array(String(i).utf8)), type: .data, offset: offset, length: length, uncompressedLength: 0)
+            }
+        }
+        let even = Checker.splitByBytes(blobs(Array(repeating: 100_000, count: 20)), minimumBytes: 1 << 20)
+        #expect(even.map(\.count) == [10, 10])
+        let skewed = Checker.splitByBytes(blobs([1_500_000] + Array(repeating: 100_000, count: 15)), minimumBytes: 1 << 20)
+        #expect(skewed.map(\.count) == [1, 15])
+        #expect(Checker.splitByBytes(blobs(Array(repeating: 1000, count: 500)), minimumBytes: 1 << 20).count == 1)
+        #expect(Checker.splitByBytes(blobs([4_000_000]), minimumBytes: 1 << 20).map(\.count) == [1])
+        #expect(Checker.splitByBytes([], minimumBytes: 1 << 20).map(\.count) == [0])
+        let parts = Checker.splitByBytes(blobs((0..<40).map { UInt32(20_000 + $0 * 3_000) }), minimumBytes: 1 << 20)
+        #expect(parts.flatMap { $0 } == blobs((0..<40).map { UInt32(20_000 + $0 * 3_000) }), "order and content kept")
+    }
+
+    @Test("damage in both halves of a large pack is reported, in pack order")
+    func damageInBothHalves() async throws {
+        let fx = try await CPFixture.make()
+        var rng = CPRandom(seed: 7)
+        let w = BlobWriter(repository: fx.repo, packSize: 8 << 20, compression: .off)
+        let content = (0..<24).map { _ in blob(&rng, 100_000) }
+        let snap = try await fx.backup([.init(name: "big", blobs: content)], writer: w, time: cpTime("2024-01-01T10:00:00Z"))
+        let tree = try await fx.repo.loadTree(try await fx.repo.loadSnapshot(snap).tree)
+        let ids = tree.node(named: Array("big".utf8))!.content
+        let first = fx.repo.index.lookup(ids[2], .data)!, second = fx.repo.index.lookup(ids[21], .data)!
+        #expect(first.pack == second.pack, "one pack holds the file")
+        fx.storage.tamper(Handle(.pack, first.pack)) { bytes in
+            var b = bytes
+            b[Int(second.blob.offset) + 50] ^= 0x80
+            b[Int(first.blob.offset) + 50] ^= 0x80
+            return b
+        }
+        let report = await Checker.run(repository: fx.repo, options: CheckOptions(readData: .all))
+        #expect(Set(report.damagedBlobs.map(\.id)) == [ids[2], ids[21]])
+        let messages = report.errors.filter { $0.contains(ids[2].short) || $0.contains(ids[21].short) }
+        #expect(messages.count == 2 && messages[0].contains(ids[2].short), "in pack order: \(messages)")
+        let fine = await Checker.run(repository: try await fx.reopen(), options: CheckOptions(readData: .all))
+        #expect(fine.damagedBlobs.count == 2, "the damage is in storage, seen again by a fresh repository")
+    }
+
     @Test("a damaged pack header fails read-data without crashing")
     func tamperedHeader() async throws {
         let (fx, _) = try await twoSnapshotRepo()

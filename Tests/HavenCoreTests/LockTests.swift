@@ -30,6 +30,21 @@ private func plantLock(_ repo: Repository, exclusive: Bool, host: String = Host.
 }
 
 /// MemoryStorage with a hook called after each save.
+/// Memory storage that declares its listings may lag behind writes, like some object stores.
+private final class LaggingListStorage: Storage {
+    let inner = MemoryStorage()
+    var location: String { inner.location }
+    var properties: StorageProperties { StorageProperties(connections: 2, atomicReplace: true, consistentListing: false) }
+    func create() async throws { try await inner.create() }
+    func save(_ handle: Handle, _ data: [UInt8]) async throws { try await inner.save(handle, data) }
+    func load(_ handle: Handle, offset: Int, length: Int?) async throws -> [UInt8] {
+        try await inner.load(handle, offset: offset, length: length)
+    }
+    func stat(_ handle: Handle) async throws -> Int { try await inner.stat(handle) }
+    func list(_ type: FileType) async throws -> [StoredFile] { try await inner.list(type) }
+    func remove(_ handle: Handle) async throws { try await inner.remove(handle) }
+}
+
 private final class HookStorage: Storage {
     let inner = MemoryStorage()
     let hook = Locked<(@Sendable (Handle) async -> Void)?>(nil)
@@ -151,6 +166,22 @@ struct LockTests {
         try await lock.release()
         try await Task.sleep(for: .milliseconds(100))
         #expect(try await fx.names(.lock).isEmpty)
+    }
+
+    @Test("the pause before the re-check happens only on storage whose listings may lag")
+    func recheckPauseOnlyWhereListingsLag() async throws {
+        let pause = LockTiming(recheckDelay: .milliseconds(1500))
+        let clock = ContinuousClock()
+        let consistent = try await Repository.initialize(storage: MemoryStorage(), password: "pw", kdf: .testing)
+        #expect(consistent.storage.properties.consistentListing)
+        var start = clock.now
+        try await Lock.acquire(repository: consistent, exclusive: true, timing: pause).release()
+        #expect(clock.now - start < .milliseconds(1000), "no pause on a consistent listing")
+
+        let lagging = try await Repository.initialize(storage: LaggingListStorage(), password: "pw", kdf: .testing)
+        start = clock.now
+        try await Lock.acquire(repository: lagging, exclusive: true, timing: pause).release()
+        #expect(clock.now - start >= .milliseconds(1500), "the pause where listings may lag")
     }
 
     @Test("a lock appearing during the re-check makes acquire back out")

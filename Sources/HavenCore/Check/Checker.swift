@@ -334,24 +334,60 @@ public enum Checker {
         } catch {
             r.errors.append("pack \(pack.short): \(error)")
         }
+        // The blobs are verified by two workers (decryption, decompression and hashing use both cores
+        // even when only a few packs are read at once).
+        let blobs = toVerify.sorted(by: { ($0.offset, $0.length) < ($1.offset, $1.length) })
+        let parts = splitByBytes(blobs, minimumBytes: 1 << 20)
+        let results = await withTaskGroup(of: (Int, [BlobDamage]).self) { group in
+            for part in parts {
+                group.addTask { verifyBlobs(repository, pack, part, in: bytes) }
+            }
+            var all: [(Int, [BlobDamage])] = []
+            for await result in group { all.append(result) }
+            return all
+        }
+        for (verified, damaged) in results {
+            r.verified += verified
+            r.damaged += damaged
+        }
+        return r
+    }
+
+    /// `blobs` in two runs of about equal bytes (one run when they hold less than `minimumBytes`).
+    static func splitByBytes(_ blobs: [PackedBlob], minimumBytes: UInt64) -> [[PackedBlob]] {
+        let total = blobs.reduce(UInt64(0)) { $0 + UInt64($1.length) }
+        guard blobs.count > 1, total >= minimumBytes else { return [blobs] }
+        var sum: UInt64 = 0
+        var cut = 0
+        while cut < blobs.count - 1, sum + UInt64(blobs[cut].length) / 2 < total / 2 {
+            sum += UInt64(blobs[cut].length)
+            cut += 1
+        }
+        return cut == 0 ? [blobs] : [Array(blobs[..<cut]), Array(blobs[cut...])]
+    }
+
+    /// Decrypts and verifies `blobs` of `pack` (read whole into `bytes`): the count verified and the damage.
+    private static func verifyBlobs(_ repository: Repository, _ pack: ID, _ blobs: [PackedBlob], in bytes: [UInt8]) -> (Int, [BlobDamage]) {
+        var verified = 0
+        var damaged: [BlobDamage] = []
         bytes.withUnsafeBytes { raw in
-            for b in toVerify.sorted(by: { ($0.offset, $0.length) < ($1.offset, $1.length) }) {
+            for b in blobs {
                 let start = Int(b.offset), end = Int(b.offset) + Int(b.length)
                 guard end <= raw.count else {
-                    r.damaged.append(BlobDamage(blob: b, pack: pack, message: "\(b.type.rawValue) blob \(b.id.short) in pack \(pack.short) "
-                                                + "is damaged: it extends beyond the end of the pack"))
+                    damaged.append(BlobDamage(blob: b, pack: pack, message: "\(b.type.rawValue) blob \(b.id.short) in pack \(pack.short) "
+                                              + "is damaged: it extends beyond the end of the pack"))
                     continue
                 }
                 do {
                     _ = try repository.decryptBlob(UnsafeRawBufferPointer(rebasing: raw[start..<end]), b, pack: pack)
-                    r.verified += 1
+                    verified += 1
                 } catch let e as HavenError {
-                    r.damaged.append(BlobDamage(blob: b, pack: pack, message: e.message))
+                    damaged.append(BlobDamage(blob: b, pack: pack, message: e.message))
                 } catch {
-                    r.damaged.append(BlobDamage(blob: b, pack: pack, message: "\(b.type.rawValue) blob \(b.id.short) in pack \(pack.short): \(error)"))
+                    damaged.append(BlobDamage(blob: b, pack: pack, message: "\(b.type.rawValue) blob \(b.id.short) in pack \(pack.short): \(error)"))
                 }
             }
         }
-        return r
+        return (verified, damaged)
     }
 }

@@ -94,7 +94,10 @@ public struct LockTiming: Sendable {
     public var staleAfter: Duration
     /// How often a held lock is rewritten with a fresh time (restic: 5 minutes).
     public var refreshInterval: Duration
-    /// How long to wait after writing a lock before checking again for a competing one.
+    /// How long to wait after writing a lock before checking again for a competing one, on storage whose
+    /// listings may lag behind writes (object stores). On a file system (`consistentListing`) there is no
+    /// pause: of two processes that each write their lock and then list, the later lister always sees
+    /// the other's lock, so at least one backs out without waiting.
     public var recheckDelay: Duration
     /// The pause between attempts when acquiring with a retry budget.
     public var retryInterval: Duration
@@ -164,7 +167,7 @@ public final class Lock: Sendable {
     /// Fails with `.lockFailed` when another live lock conflicts (an exclusive lock conflicts with every
     /// lock, a non-exclusive one with exclusive locks). Stale locks (older than `timing.staleAfter`, or from
     /// a dead process on this host) are ignored; lock files that cannot be read are ignored with a warning.
-    /// After writing its own lock file it waits `timing.recheckDelay` and checks again, backing out when a
+    /// After writing its own lock file it waits `timing.recheckDelay` (only where listings may lag) and checks again, backing out when a
     /// conflicting lock appeared meanwhile. With `retry` > 0, conflicts are retried until that much time passed.
     public static func acquire(
         repository: Repository, exclusive: Bool, retry: Duration = .zero, timing: LockTiming = .standard,
@@ -190,7 +193,9 @@ public final class Lock: Sendable {
                                  localHost: localHost, warning: warning)
         let id = try await repository.saveUnpacked(.lock, LockInfo.current(exclusive: exclusive).encoded())
         do {
-            if timing.recheckDelay > .zero { try await Task.sleep(for: timing.recheckDelay) }
+            if timing.recheckDelay > .zero, !repository.storage.properties.consistentListing {
+                try await Task.sleep(for: timing.recheckDelay)
+            }
             try await checkConflicts(repository: repository, exclusive: exclusive, ignoring: id, timing: timing,
                                      localHost: localHost, warning: warning)
         } catch {

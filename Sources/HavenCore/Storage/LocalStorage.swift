@@ -8,7 +8,7 @@ import Darwin
 public struct LocalStorage: Storage {
     public let root: String
     public var location: String { root }
-    public var properties: StorageProperties { StorageProperties(connections: 2, atomicReplace: true) }
+    public var properties: StorageProperties { StorageProperties(connections: 2, atomicReplace: true, consistentListing: true) }
 
     public init(path: String) {
         var p = path

@@ -4,7 +4,7 @@ import Synchronization
 public final class MemoryStorage: Storage {
     private let files = Mutex<[Handle: [UInt8]]>([:])
     public let location: String
-    public var properties: StorageProperties { StorageProperties(connections: 4, atomicReplace: true) }
+    public var properties: StorageProperties { StorageProperties(connections: 4, atomicReplace: true, consistentListing: true) }
 
     public init(location: String = "memory:") { self.location = location }
 

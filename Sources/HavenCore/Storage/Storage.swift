@@ -46,9 +46,13 @@ public struct StorageProperties: Sendable {
     public var connections: Int
     /// Whether `save` replaces an existing file atomically.
     public var atomicReplace: Bool
-    public init(connections: Int, atomicReplace: Bool) {
+    /// Whether a `list` started after a `save` returned always includes that file (a file system; not
+    /// every object store). Locking skips its settling pause on such storage.
+    public var consistentListing: Bool
+    public init(connections: Int, atomicReplace: Bool, consistentListing: Bool = false) {
         self.connections = connections
         self.atomicReplace = atomicReplace
+        self.consistentListing = consistentListing
     }
 }
 
