@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
-#include <fcntl.h>
+#include <stdio.h>
+#include <sys/mman.h>
 #include "CHavenShims.h"
 #include <errno.h>
 #include <signal.h>
@@ -62,4 +63,27 @@ int haven_signal_pipe(int sig) {
     sa.sa_flags = SA_RESTART;
     if (sigaction(sig, &sa, NULL) != 0) return -1;
     return fds[0];
+}
+
+int haven_trim_code_pages(void) {
+#ifdef __linux__
+    FILE *maps = fopen("/proc/self/maps", "re");
+    if (!maps) return -1;
+    char line[4096];
+    int trimmed = 0;
+    while (fgets(line, sizeof line, maps)) {
+        unsigned long start, end;
+        char perms[5];
+        int path = 0;
+        if (sscanf(line, "%lx-%lx %4s %*s %*s %*s %n", &start, &end, perms, &path) < 3) continue;
+        // Only executable, private, file-backed code: never written, so dropping its pages loses nothing.
+        if (strcmp(perms, "r-xp") != 0 || path == 0 || line[path] != '/') continue;
+        if (madvise((void *)start, end - start, MADV_RANDOM) == 0 &&
+            madvise((void *)start, end - start, MADV_DONTNEED) == 0) trimmed++;
+    }
+    fclose(maps);
+    return trimmed;
+#else
+    return 0;
+#endif
 }

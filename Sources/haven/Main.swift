@@ -9,6 +9,7 @@ import Glibc
 @main
 struct Main {
     static func main() async {
+        _ = haven_trim_code_pages()
         // restic accepts global flags before the command name; ArgumentParser wants them after it.
         let args = GlobalOptions.reorder(Array(CommandLine.arguments.dropFirst()))
         // A reader that went away (a dead daemon, `| head`) must not kill a command holding a lock: writes

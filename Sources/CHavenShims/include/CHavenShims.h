@@ -15,4 +15,8 @@ int haven_set_parent_death_signal(int sig);
 /// Installs a handler for `sig` that writes the signal number (one byte) to a new pipe, and returns the
 /// pipe's read end (-1 on error). Async-signal-safe; a program that execs keeps the default disposition.
 int haven_signal_pipe(int sig);
+/// Unmaps the pages of this process's executable code mappings (binary and shared libraries) and turns
+/// off the kernel's fault-around for them, so only code that actually runs from now on is resident.
+/// Returns the number of mappings trimmed (-1 if /proc is unavailable). Linux only; 0 elsewhere.
+int haven_trim_code_pages(void);
 #endif
