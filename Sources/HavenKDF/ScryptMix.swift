@@ -21,7 +21,7 @@ public enum ScryptMix {
         precondition(p * laneBytes == lanes.count && n > 1 && n & (n - 1) == 0 && threads >= 1 && n % threads == 0)
         let base = LanePointer(address: lanes.baseAddress!)
         DispatchQueue.concurrentPerform(iterations: threads) { worker in
-            var romix = ROMix(n: n, r: r, storeEvery: threads)
+            let romix = ROMix(n: n, r: r, storeEvery: threads)
             defer { romix.deallocate() }
             var lane = worker
             while lane < p {
@@ -158,7 +158,7 @@ private struct ROMix {
     }
 
     /// Replaces the lane's 128·r bytes at `lane` with ROMix of them.
-    mutating func mix(_ lane: UnsafeMutableRawPointer) {
+    func mix(_ lane: UnsafeMutableRawPointer) {
         load(lane)
         var current = x, other = y
         let mask = n - 1

@@ -30,26 +30,18 @@ private func plantLock(_ repo: Repository, exclusive: Bool, host: String = Host.
 }
 
 /// MemoryStorage with a hook called after each save.
-/// Memory storage that declares its listings may lag behind writes, like some object stores.
-private final class LaggingListStorage: Storage {
-    let inner = MemoryStorage()
-    var location: String { inner.location }
-    var properties: StorageProperties { StorageProperties(connections: 2, atomicReplace: true, consistentListing: false) }
-    func create() async throws { try await inner.create() }
-    func save(_ handle: Handle, _ data: [UInt8]) async throws { try await inner.save(handle, data) }
-    func load(_ handle: Handle, offset: Int, length: Int?) async throws -> [UInt8] {
-        try await inner.load(handle, offset: offset, length: length)
-    }
-    func stat(_ handle: Handle) async throws -> Int { try await inner.stat(handle) }
-    func list(_ type: FileType) async throws -> [StoredFile] { try await inner.list(type) }
-    func remove(_ handle: Handle) async throws { try await inner.remove(handle) }
-}
-
 private final class HookStorage: Storage {
     let inner = MemoryStorage()
     let hook = Locked<(@Sendable (Handle) async -> Void)?>(nil)
+    /// false: the storage declares that its listings may lag behind writes, like some object stores.
+    let consistentListing: Bool
+    init(consistentListing: Bool = true) { self.consistentListing = consistentListing }
     var location: String { inner.location }
-    var properties: StorageProperties { inner.properties }
+    var properties: StorageProperties {
+        var p = inner.properties
+        p.consistentListing = consistentListing
+        return p
+    }
     func create() async throws { try await inner.create() }
     func save(_ handle: Handle, _ data: [UInt8]) async throws {
         try await inner.save(handle, data)
@@ -178,7 +170,7 @@ struct LockTests {
         try await Lock.acquire(repository: consistent, exclusive: true, timing: LockTiming(recheckDelay: .seconds(300))).release()
         #expect(clock.now - start < .seconds(150), "no pause on a consistent listing")
 
-        let lagging = try await Repository.initialize(storage: LaggingListStorage(), password: "pw", kdf: .testing)
+        let lagging = try await Repository.initialize(storage: HookStorage(consistentListing: false), password: "pw", kdf: .testing)
         start = clock.now
         try await Lock.acquire(repository: lagging, exclusive: true, timing: LockTiming(recheckDelay: .milliseconds(1500))).release()
         #expect(clock.now - start >= .milliseconds(1500), "the pause where listings may lag")

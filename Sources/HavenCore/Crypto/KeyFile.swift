@@ -6,7 +6,6 @@
 // The master-key JSON: {"mac":{"k":base64,"r":base64},"encrypt":base64}.
 // scrypt(password, salt, N, r, p) -> 64 bytes: first 32 = AES-256 key, next 16 = MAC k, last 16 = MAC r.
 import Crypto
-import _CryptoExtras
 import Foundation
 
 /// scrypt cost parameters as stored in a key file: N (CPU/memory cost), r (block size), p (parallelism).
