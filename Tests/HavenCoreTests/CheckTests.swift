@@ -212,6 +212,77 @@ struct CheckTests {
         #expect(parts.flatMap { $0 } == blobs((0..<40).map { UInt32(20_000 + $0 * 3_000) }), "order and content kept")
     }
 
+    @Test("a pack is read once, front to back, in bounded stretches: every byte hashed once, every blob verified once")
+    func readPlanCoversThePack() {
+        var rng = CPRandom(seed: 11)
+        for round in 0..<300 {
+            let window = 1 + Int(rng.next() % 5_000)
+            // Blobs with gaps, some overlapping, some larger than the window.
+            var blobs: [PackedBlob] = []
+            var at = 0
+            for i in 0..<Int(rng.next() % 40) {
+                let gap = Int(rng.next() % 3) == 0 ? Int(rng.next() % 2_000) : 0
+                let back = Int(rng.next() % 8) == 0 ? min(at, Int(rng.next() % 500)) : 0
+                let start = at + gap - back
+                let length = 1 + Int(rng.next() % (Int(rng.next() % 10) == 0 ? 12_000 : 1_500))
+                blobs.append(PackedBlob(id: ID.hash(Array("\(round)/\(i)".utf8)), type: .data, offset: UInt32(start),
+                                        length: UInt32(length), uncompressedLength: 0))
+                at = max(at, start + length)
+            }
+            let size = at + Int(rng.next() % 3_000)
+            blobs.sort { ($0.offset, $0.length) < ($1.offset, $1.length) }
+            let steps = Checker.readPlan(size: size, blobs: blobs, window: window)
+            var next = 0
+            var seen: [PackedBlob] = []
+            for step in steps {
+                switch step {
+                case .hash(let start, let end):
+                    #expect(start == next && end > start && end - start <= window, "round \(round): \(step)")
+                    next = end
+                case .blobs(let start, let end, let inside):
+                    #expect(start == next, "round \(round): each stretch starts where the previous one ended")
+                    #expect(end - start <= window || inside.contains { Int($0.offset) == start && Int($0.offset) + Int($0.length) == end },
+                            "round \(round): a stretch over the window is the span of one blob")
+                    for b in inside {
+                        #expect(Int(b.offset) >= start && Int(b.offset) + Int(b.length) <= end, "round \(round): blob inside its stretch")
+                    }
+                    #expect(Int(inside[0].offset) == start && inside.map { Int($0.offset) + Int($0.length) }.max() == end)
+                    seen += inside
+                    next = end
+                case .overlapping(let inside):
+                    #expect(step == steps.last, "round \(round): overlapping blobs come last")
+                    seen += inside
+                }
+            }
+            #expect(next == size, "round \(round): the whole pack is hashed")
+            #expect(seen.sorted { ($0.offset, $0.length) < ($1.offset, $1.length) } == blobs, "round \(round): every blob once")
+        }
+    }
+
+    @Test("a pack larger than the read window is verified across windows")
+    func packAcrossWindows() async throws {
+        let fx = try await CPFixture.make()
+        var rng = CPRandom(seed: 8)
+        let w = BlobWriter(repository: fx.repo, packSize: 16 << 20, compression: .off)
+        let content = (0..<12).map { _ in blob(&rng, 1_000_000) }
+        let snap = try await fx.backup([.init(name: "big", blobs: content)], writer: w, time: cpTime("2024-01-01T10:00:00Z"))
+        let ids = try await fx.repo.loadTree(try await fx.repo.loadSnapshot(snap).tree).node(named: Array("big".utf8))!.content
+        let last = fx.repo.index.lookup(ids[11], .data)!
+        #expect(fx.repo.index.lookup(ids[0], .data)!.pack == last.pack, "one pack holds the file")
+        #expect(Int(last.blob.offset) > 2 * Checker.readWindow, "the pack spans several windows")
+        let clean = await Checker.run(repository: fx.repo, options: CheckOptions(readData: .all))
+        #expect(!clean.hasErrors, "\(clean)")
+        #expect(clean.statistics.blobsVerified >= 12 && clean.statistics.bytesRead > 12_000_000)
+        fx.storage.tamper(Handle(.pack, last.pack)) { bytes in
+            var b = bytes
+            b[Int(last.blob.offset) + 70] ^= 0x01
+            return b
+        }
+        let report = await Checker.run(repository: try await fx.reopen(), options: CheckOptions(readData: .all))
+        #expect(report.damagedBlobs.map(\.id) == [ids[11]], "\(report)")
+        #expect(report.errors.contains { $0.contains(last.pack.short) && $0.contains("SHA-256") }, "\(report)")
+    }
+
     @Test("damage in both halves of a large pack is reported, in pack order")
     func damageInBothHalves() async throws {
         let fx = try await CPFixture.make()

@@ -1,3 +1,5 @@
+import Crypto
+
 /// Verifies a repository like `restic check`: structure always, pack contents on request.
 ///
 /// The structure check loads every index file, compares the packs they name with the packs in storage
@@ -222,10 +224,10 @@ public enum Checker {
         let selected = select(readable, sizes: stored, options.readData)
         if !selected.isEmpty {
             let results = Locked<[PackResult]>([])
-            let packBlobs = packBlobs
+            let packBlobs = packBlobs, stored = stored
             let totals = Locked<(Int, UInt64)>((0, 0))
             try await forEachConcurrently(selected, limit: options.concurrency) { pack in
-                let r = await verifyPack(repository, pack, indexed: packBlobs[pack] ?? [])
+                let r = await verifyPack(repository, pack, size: stored[pack] ?? 0, indexed: packBlobs[pack] ?? [])
                 results.withLock { $0.append(r) }
                 let (n, b) = totals.withLock { t -> (Int, UInt64) in t.0 += 1; t.1 += r.bytes; return t }
                 progress?(CheckProgress(phase: .readData, done: n, total: selected.count, bytes: b))
@@ -303,21 +305,72 @@ public enum Checker {
         }
     }
 
-    /// Reads one pack completely and verifies its name, header and every blob.
-    private static func verifyPack(_ repository: Repository, _ pack: ID, indexed: Set<PackedBlob>) async -> PackResult {
+    /// How many bytes of a pack are read at once while verifying it: the memory a pack in flight costs
+    /// (plus its blobs' plaintext), whatever the pack's size. A blob larger than this is read whole.
+    static let readWindow = 4 << 20
+
+    /// What reading a pack in order does: hash a stretch that holds no blob to verify, verify the blobs of a
+    /// stretch (the first starts at `start`, and the stretch ends where the last ends), or verify blobs that
+    /// overlap an earlier stretch (read on their own, since their bytes were hashed already).
+    enum ReadStep: Equatable {
+        case hash(start: Int, end: Int)
+        case blobs(start: Int, end: Int, [PackedBlob])
+        case overlapping([PackedBlob])
+    }
+
+    /// Plans reading a pack of `size` bytes once, front to back, in stretches of at most `window` bytes
+    /// (or one blob), so that every byte is hashed exactly once and every blob in `blobs` (sorted by offset,
+    /// each within the pack) is decrypted from the stretch that holds it.
+    static func readPlan(size: Int, blobs: [PackedBlob], window: Int) -> [ReadStep] {
+        var steps: [ReadStep] = []
+        var done = 0            // bytes before this are planned
+        var current: [PackedBlob] = []
+        var start = 0, end = 0  // the open stretch of blobs
+        var overlapping: [PackedBlob] = []
+        func hashUpTo(_ limit: Int) {
+            var at = done
+            while at < limit {
+                let next = min(limit, at + window)
+                steps.append(.hash(start: at, end: next))
+                at = next
+            }
+            done = max(done, limit)
+        }
+        func close() {
+            guard !current.isEmpty else { return }
+            steps.append(.blobs(start: start, end: end, current))
+            done = end
+            current = []
+        }
+        for b in blobs {
+            let s = Int(b.offset), e = s + Int(b.length)
+            if !current.isEmpty, e - start > window { close() }
+            if current.isEmpty {
+                if s < done {
+                    overlapping.append(b)
+                    continue
+                }
+                hashUpTo(s)
+                start = s
+                end = e
+            }
+            current.append(b)
+            end = max(end, e)
+        }
+        close()
+        hashUpTo(size)
+        if !overlapping.isEmpty { steps.append(.overlapping(overlapping)) }
+        return steps
+    }
+
+    /// Reads one pack front to back, a window at a time, and verifies its name (SHA-256 of the content),
+    /// its header against the index, and every blob either lists.
+    private static func verifyPack(_ repository: Repository, _ pack: ID, size: Int, indexed: Set<PackedBlob>) async -> PackResult {
         var r = PackResult(pack: pack)
-        let bytes: [UInt8]
-        do { bytes = try await repository.storage.load(Handle(.pack, pack)) } catch {
-            r.errors.append("pack \(pack.short) cannot be read: \(error)")
-            return r
-        }
-        r.bytes = UInt64(bytes.count)
-        if ID.hash(bytes) != pack {
-            r.errors.append("pack \(pack.short) is damaged: its content does not match its ID (SHA-256)")
-        }
+        let handle = Handle(.pack, pack)
         var toVerify = indexed
         do {
-            let header = Set(try PackReader.header(of: bytes, id: pack, key: repository.key))
+            let header = Set(try await repository.loadPackHeader(pack, size: size))
             let notInHeader = indexed.subtracting(header).sorted { $0.offset < $1.offset }
             let notInIndex = header.subtracting(indexed).sorted { $0.offset < $1.offset }
             if let b = notInHeader.first {
@@ -329,26 +382,65 @@ public enum Checker {
                                 + "(e.g. \(b.type.rawValue) blob \(b.id.short) at offset \(b.offset))")
             }
             toVerify.formUnion(header)
-        } catch let e as HavenError {
+        } catch let e as HavenError where e.code == .corrupt {
             r.errors.append(e.message)
         } catch {
-            r.errors.append("pack \(pack.short): \(error)")
+            r.errors.append("pack \(pack.short) cannot be read: \(error)")
+            return r
         }
-        // The blobs are verified by two workers (decryption, decompression and hashing use both cores
-        // even when only a few packs are read at once).
-        let blobs = toVerify.sorted(by: { ($0.offset, $0.length) < ($1.offset, $1.length) })
-        let parts = splitByBytes(blobs, minimumBytes: 1 << 20)
-        let results = await withTaskGroup(of: (Int, [BlobDamage]).self) { group in
-            for part in parts {
-                group.addTask { verifyBlobs(repository, pack, part, in: bytes) }
+        var inside: [PackedBlob] = []
+        for b in toVerify.sorted(by: { ($0.offset, $0.length) < ($1.offset, $1.length) }) {
+            if UInt64(b.offset) + UInt64(b.length) > UInt64(size) {
+                r.damaged.append(BlobDamage(blob: b, pack: pack, message: "\(b.type.rawValue) blob \(b.id.short) in pack \(pack.short) "
+                                            + "is damaged: it extends beyond the end of the pack"))
+            } else {
+                inside.append(b)
             }
-            var all: [(Int, [BlobDamage])] = []
-            for await result in group { all.append(result) }
-            return all
         }
-        for (verified, damaged) in results {
-            r.verified += verified
-            r.damaged += damaged
+        var hash = SHA256()
+        do {
+            for step in readPlan(size: size, blobs: inside, window: readWindow) {
+                switch step {
+                case .hash(let start, let end):
+                    let bytes = try await repository.storage.load(handle, offset: start, length: end - start)
+                    guard bytes.count == end - start else { throw HavenError(.corrupt, "pack \(pack.short) ended early, at byte \(start + bytes.count)") }
+                    hash.update(data: bytes)
+                    r.bytes += UInt64(bytes.count)
+                case .blobs(let start, let end, let blobs):
+                    let bytes = try await repository.storage.load(handle, offset: start, length: end - start)
+                    guard bytes.count == end - start else { throw HavenError(.corrupt, "pack \(pack.short) ended early, at byte \(start + bytes.count)") }
+                    hash.update(data: bytes)
+                    r.bytes += UInt64(bytes.count)
+                    // Two workers share the blobs, so decryption, decompression and hashing use both cores
+                    // even when only a few packs are read at once.
+                    let parts = splitByBytes(blobs, minimumBytes: 1 << 20)
+                    let results = await withTaskGroup(of: (Int, [BlobDamage]).self) { group in
+                        for part in parts {
+                            group.addTask { verifyBlobs(repository, pack, part, in: bytes, at: start) }
+                        }
+                        var all: [(Int, [BlobDamage])] = []
+                        for await result in group { all.append(result) }
+                        return all
+                    }
+                    for (verified, damaged) in results {
+                        r.verified += verified
+                        r.damaged += damaged
+                    }
+                case .overlapping(let blobs):
+                    for b in blobs {
+                        let bytes = try await repository.storage.load(handle, offset: Int(b.offset), length: Int(b.length))
+                        let (verified, damaged) = verifyBlobs(repository, pack, [b], in: bytes, at: Int(b.offset))
+                        r.verified += verified
+                        r.damaged += damaged
+                    }
+                }
+            }
+        } catch {
+            r.errors.append("pack \(pack.short) cannot be read: \(error)")
+            return r
+        }
+        if hash.finalize().withUnsafeBytes({ ID(bytes: $0) }) != pack {
+            r.errors.append("pack \(pack.short) is damaged: its content does not match its ID (SHA-256)")
         }
         return r
     }
@@ -366,14 +458,15 @@ public enum Checker {
         return cut == 0 ? [blobs] : [Array(blobs[..<cut]), Array(blobs[cut...])]
     }
 
-    /// Decrypts and verifies `blobs` of `pack` (read whole into `bytes`): the count verified and the damage.
-    private static func verifyBlobs(_ repository: Repository, _ pack: ID, _ blobs: [PackedBlob], in bytes: [UInt8]) -> (Int, [BlobDamage]) {
+    /// Decrypts and verifies `blobs` of `pack`, whose bytes from offset `base` on are in `bytes`: the count
+    /// verified and the damage.
+    private static func verifyBlobs(_ repository: Repository, _ pack: ID, _ blobs: [PackedBlob], in bytes: [UInt8], at base: Int) -> (Int, [BlobDamage]) {
         var verified = 0
         var damaged: [BlobDamage] = []
         bytes.withUnsafeBytes { raw in
             for b in blobs {
-                let start = Int(b.offset), end = Int(b.offset) + Int(b.length)
-                guard end <= raw.count else {
+                let start = Int(b.offset) - base, end = start + Int(b.length)
+                guard start >= 0, end <= raw.count else {
                     damaged.append(BlobDamage(blob: b, pack: pack, message: "\(b.type.rawValue) blob \(b.id.short) in pack \(pack.short) "
                                               + "is damaged: it extends beyond the end of the pack"))
                     continue
