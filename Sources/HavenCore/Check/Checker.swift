@@ -69,9 +69,12 @@ public enum Checker {
             report.error("cannot list index files: \(error)")
             return
         }
-        let loaded = Locked<[(ID, IndexFile)]>([])
+        // Each file goes into the master index (one location per blob, for reading trees) and into the
+        // listing (every entry of every pack) as soon as it is decoded; neither keeps the decoded file.
+        let index = MasterIndex()
+        let builder = PackListing.Builder()
         let indexErrors = Locked<[String]>([])
-        let indexDone = Locked(0)
+        let indexDone = Locked((done: 0, loaded: 0))
         var validIndexIDs: [ID] = []
         for f in indexFiles {
             if let id = ID(hex: f.name) { validIndexIDs.append(id) } else {
@@ -80,39 +83,42 @@ public enum Checker {
         }
         let indexIDs = validIndexIDs
         try await forEachConcurrently(indexIDs, limit: 4) { id in
+            var ok = false
             do {
                 let file = try IndexFile.decode(try await repository.loadUnpacked(Handle(.index, id)), id: id)
-                loaded.withLock { $0.append((id, file)) }
+                index.add(file)
+                builder.add(file, id: id)
+                ok = true
             } catch let e as HavenError {
                 indexErrors.withLock { $0.append("index \(id.short) cannot be used: \(e.message)") }
             }
-            let n = indexDone.withLock { $0 += 1; return $0 }
+            let n = indexDone.withLock { c -> Int in
+                c.done += 1
+                if ok { c.loaded += 1 }
+                return c.done
+            }
             progress?(CheckProgress(phase: .indexes, done: n, total: indexIDs.count))
         }
         for e in indexErrors.withLock({ $0 }).sorted() { report.error(e) }
-        let files = loaded.withLock { $0 }.sorted { $0.0 < $1.0 }
-        report.statistics.indexFiles = files.count
+        report.statistics.indexFiles = indexDone.withLock { $0.loaded }
+        index.seal()
+        let listing = builder.finish()
+        let slotCount = index.slotCount
 
-        let index = MasterIndex()
-        var packBlobs: [ID: Set<PackedBlob>] = [:]
-        var namedBy: [ID: ID] = [:]
-        var locations: [BlobKey: Int] = [:]
-        for (fileID, file) in files {
-            index.add(file)
-            for p in file.packs {
-                if namedBy[p.id] == nil { namedBy[p.id] = fileID }
-                packBlobs[p.id, default: []].formUnion(p.blobs)
+        // How many packs hold each blob (saturating): a blob of a missing pack is lost only without a copy.
+        var copies = [UInt8](repeating: 0, count: slotCount)
+        do {
+            var lastPack = [UInt32](repeating: .max, count: slotCount)
+            for e in listing.entries {
+                guard let slot = index.slot(e.blob.id, e.blob.type), lastPack[slot] != e.pack else { continue }
+                lastPack[slot] = e.pack
+                if copies[slot] < .max { copies[slot] += 1 }
             }
         }
-        for (_, blobs) in packBlobs {
-            var inPack = Set<BlobKey>()
-            for b in blobs where inPack.insert(BlobKey(id: b.id, type: b.type)).inserted {
-                locations[BlobKey(id: b.id, type: b.type), default: 0] += 1
-            }
-        }
-        report.statistics.packs = packBlobs.count
-        report.statistics.blobs = locations.count
-        report.statistics.duplicateBlobs = locations.values.filter { $0 > 1 }.count
+        func copyCount(_ b: PackedBlob) -> Int { index.slot(b.id, b.type).map { Int(copies[$0]) } ?? 0 }
+        report.statistics.packs = listing.packs.count
+        report.statistics.blobs = slotCount
+        report.statistics.duplicateBlobs = copies.reduce(0) { $0 + ($1 > 1 ? 1 : 0) }
 
         // MARK: Packs in storage
         var stored: [ID: Int] = [:]
@@ -130,22 +136,18 @@ public enum Checker {
         var damaged: [BlobKey: ID] = [:]     // lost or damaged blob → its pack
         var damagedPacks = Set<ID>()
         var lostByPack: [ID: [BlobKey]] = [:]
-        var checkedPacks = 0
-        for pack in packBlobs.keys.sorted() {
-            let entries = packBlobs[pack]!.sorted { ($0.offset, $0.length) < ($1.offset, $1.length) }
-            let indexName = namedBy[pack].map { "index \($0.short)" } ?? "the index"
-            checkedPacks += 1
-            progress?(CheckProgress(phase: .packs, done: checkedPacks, total: packBlobs.count))
+        for (k, pack) in listing.packs.enumerated() {
+            let entries = listing.blobs(ofPackAt: k).map(\.blob)
+            let indexName = "index \(listing.namedBy[k].short)"
+            progress?(CheckProgress(phase: .packs, done: k + 1, total: listing.packs.count))
             guard let size = stored[pack] else {
                 report.error("pack \(pack.short) is named in \(indexName) but missing from storage (\(entries.count) blobs lost)")
                 damagedPacks.insert(pack)
-                for b in entries {
-                    let k = BlobKey(id: b.id, type: b.type)
+                for b in entries where copyCount(b) <= 1 {
                     // A copy in another pack still makes the blob available.
-                    if (locations[k] ?? 0) <= 1 {
-                        damaged[k] = pack
-                        lostByPack[pack, default: []].append(k)
-                    }
+                    let key = BlobKey(id: b.id, type: b.type)
+                    damaged[key] = pack
+                    lostByPack[pack, default: []].append(key)
                 }
                 continue
             }
@@ -172,7 +174,7 @@ public enum Checker {
                 damagedPacks.insert(pack)
             }
         }
-        let unreferenced = stored.keys.filter { packBlobs[$0] == nil }.sorted()
+        let unreferenced = stored.keys.filter { listing.position(of: $0) == nil }.sorted()
         report.statistics.unreferencedPacks = unreferenced.count
         if !unreferenced.isEmpty {
             let sample = unreferenced.prefix(5).map(\.short).joined(separator: ", ")
@@ -209,25 +211,21 @@ public enum Checker {
             report.error("… and \(walk.problemCount - walk.problems.count) more problems in snapshot trees")
         }
         report.statistics.trees = walk.treesLoaded
-        report.statistics.usedDataBlobs = walk.usedData.count
-        report.statistics.usedTreeBlobs = walk.usedTrees.count
-        var unused = 0
-        for k in locations.keys {
-            let used = k.type == .data ? walk.usedData.contains(k.id) : walk.usedTrees.contains(k.id)
-            if !used { unused += 1 }
-        }
-        report.statistics.unusedBlobs = unused
+        report.statistics.usedDataBlobs = walk.used.dataCount
+        report.statistics.usedTreeBlobs = walk.used.treeCount
+        report.statistics.unusedBlobs = slotCount - walk.used.indexedCount
 
         // MARK: Read data
         var blobDamage: [BlobDamage] = []
-        let readable = packBlobs.keys.filter { stored[$0] != nil }.sorted()
+        let readable = listing.packs.filter { stored[$0] != nil }
         let selected = select(readable, sizes: stored, options.readData)
         if !selected.isEmpty {
             let results = Locked<[PackResult]>([])
-            let packBlobs = packBlobs, stored = stored
+            let listing = listing, stored = stored
             let totals = Locked<(Int, UInt64)>((0, 0))
             try await forEachConcurrently(selected, limit: options.concurrency) { pack in
-                let r = await verifyPack(repository, pack, size: stored[pack] ?? 0, indexed: packBlobs[pack] ?? [])
+                let indexed = listing.position(of: pack).map { Set(listing.blobs(ofPackAt: $0).map(\.blob)) } ?? []
+                let r = await verifyPack(repository, pack, size: stored[pack] ?? 0, indexed: indexed)
                 results.withLock { $0.append(r) }
                 let (n, b) = totals.withLock { t -> (Int, UInt64) in t.0 += 1; t.1 += r.bytes; return t }
                 progress?(CheckProgress(phase: .readData, done: n, total: selected.count, bytes: b))

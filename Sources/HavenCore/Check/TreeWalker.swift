@@ -19,6 +19,45 @@ func fetchTree(_ repository: Repository, index: MasterIndex, _ id: ID) async thr
     }
 }
 
+/// The blobs a walk found in use: a bit for each blob of a sealed index (see `MasterIndex.seal()`), plus
+/// the few used blobs the index lacks. A few bytes per indexed blob, where a set of IDs takes about 80.
+struct UsedBlobs: Sendable {
+    let index: MasterIndex
+    private var bits: SlotSet
+    /// Used blobs that are not in the index.
+    private(set) var notIndexed = Set<BlobKey>()
+    private(set) var dataCount = 0
+    private(set) var treeCount = 0
+
+    init(index: MasterIndex) {
+        self.index = index
+        bits = SlotSet(count: index.slotCount)
+    }
+
+    /// Marks a blob used; `slot` is its `index.slot(id, type)`. True when it was not marked before.
+    @discardableResult
+    mutating func insert(_ id: ID, _ type: BlobType, slot: Int?) -> Bool {
+        if let slot {
+            guard bits.insert(slot) else { return false }
+        } else {
+            guard notIndexed.insert(BlobKey(id: id, type: type)).inserted else { return false }
+        }
+        if type == .data { dataCount += 1 } else { treeCount += 1 }
+        return true
+    }
+
+    /// Whether the blob in `slot` of the index is used.
+    func contains(slot: Int) -> Bool { bits.contains(slot) }
+
+    func contains(_ id: ID, _ type: BlobType) -> Bool {
+        if let slot = index.slot(id, type) { return contains(slot: slot) }
+        return notIndexed.contains(BlobKey(id: id, type: type))
+    }
+
+    /// How many blobs of the index are used.
+    var indexedCount: Int { bits.count }
+}
+
 /// Walks every tree reachable from a set of snapshots, each tree once, several at a time, and collects the
 /// blobs they use plus every problem found (unloadable trees, blobs missing from the index).
 struct TreeWalker: Sendable {
@@ -42,12 +81,9 @@ struct TreeWalker: Sendable {
 
     struct Result: Sendable {
         var treesLoaded = 0
-        var usedData = Set<ID>()
-        var usedTrees = Set<ID>()
+        var used: UsedBlobs
         var problems: [Problem] = []
         var problemCount = 0
-        /// Blobs referenced but not in the index.
-        var missing = Set<BlobKey>()
     }
 
     private struct Item: Sendable {
@@ -61,19 +97,22 @@ struct TreeWalker: Sendable {
     }
 
     /// Walks from each snapshot's root tree. `onTree` is called after each tree with the count so far.
+    ///
+    /// Seals `index` first (see `MasterIndex.seal()`): the walker's index must be one nothing adds to.
     func walk(_ snapshots: [Snapshot], onTree: (@Sendable (Int) -> Void)? = nil) async throws -> Result {
-        let state = Locked(Result())
+        index.seal()
+        let state = Locked(Result(used: UsedBlobs(index: index)))
         let max = maxProblems
         @Sendable func record(_ s: inout Result, _ p: Problem) {
             s.problemCount += 1
             if s.problems.count < max { s.problems.append(p) }
-            if let b = p.blob { s.missing.insert(b) }
         }
         var wave: [Item] = []
         for snap in snapshots {
+            let slot = index.slot(snap.tree, .tree)
             state.withLock { s in
-                guard s.usedTrees.insert(snap.tree).inserted else { return }
-                if index.has(snap.tree, .tree) {
+                guard s.used.insert(snap.tree, .tree, slot: slot) else { return }
+                if slot != nil {
                     wave.append(Item(tree: snap.tree, snapshot: snap.id, path: "/"))
                 } else {
                     record(&s, Problem(snapshot: snap.id, path: "/", message: "root tree \(snap.tree.short) is not in the index",
@@ -94,16 +133,17 @@ struct TreeWalker: Sendable {
                                                          message: "tree \(item.tree.short) cannot be loaded: \(e.message)")) }
                     return
                 }
-                var data: [ID] = []
-                var children: [Item] = []
+                var data: [(ID, Int?)] = []
+                var children: [(Item, Int?)] = []
                 var problems: [Problem] = []
                 for node in tree.nodes {
                     let path = TreeWalker.join(item.path, node.displayName)
                     switch node.type {
                     case .file:
                         for c in node.content {
-                            data.append(c)
-                            if !index.has(c, .data) {
+                            let slot = index.slot(c, .data)
+                            data.append((c, slot))
+                            if slot == nil {
                                 problems.append(Problem(snapshot: item.snapshot, path: path,
                                                         message: "data blob \(c.short) is not in the index",
                                                         blob: BlobKey(id: c, type: .data)))
@@ -114,18 +154,20 @@ struct TreeWalker: Sendable {
                             problems.append(Problem(snapshot: item.snapshot, path: path, message: "directory has no subtree"))
                             continue
                         }
-                        children.append(Item(tree: sub, snapshot: item.snapshot, path: path))
+                        children.append((Item(tree: sub, snapshot: item.snapshot, path: path), index.slot(sub, .tree)))
                     default:
-                        if let sub = node.subtree { children.append(Item(tree: sub, snapshot: item.snapshot, path: path)) }
+                        if let sub = node.subtree {
+                            children.append((Item(tree: sub, snapshot: item.snapshot, path: path), index.slot(sub, .tree)))
+                        }
                     }
                 }
                 let count = state.withLock { s -> Int in
                     s.treesLoaded += 1
-                    s.usedData.formUnion(data)
+                    for (id, slot) in data { s.used.insert(id, .data, slot: slot) }
                     for p in problems { record(&s, p) }
                     var fresh: [Item] = []
-                    for c in children where s.usedTrees.insert(c.tree).inserted {
-                        if index.has(c.tree, .tree) {
+                    for (c, slot) in children where s.used.insert(c.tree, .tree, slot: slot) {
+                        if slot != nil {
                             fresh.append(c)
                         } else {
                             record(&s, Problem(snapshot: c.snapshot, path: c.path, message: "tree blob \(c.tree.short) is not in the index",

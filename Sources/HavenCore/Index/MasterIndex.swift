@@ -385,6 +385,34 @@ public final class MasterIndex: Sendable {
         }
     }
 
+    /// Sorts every blob added so far into the sorted arrays, so that `slot(_:_:)` numbers them all: data
+    /// blobs `0..<dataCount`, tree blobs after them. For an index nothing adds to afterwards (check and
+    /// prune build their own); blobs added later get no slot.
+    func seal() {
+        state.withLock { s in
+            s.flushLoaded()
+            for type in [BlobType.data, .tree] {
+                s.table(type) { t in
+                    if !t.overlay.isEmpty { t.mergeOverlay() }
+                    t.overlay = [:]
+                }
+            }
+        }
+    }
+
+    /// The blob's number in `0..<slotCount` after `seal()`; nil when it is not in the sorted arrays.
+    func slot(_ id: ID, _ type: BlobType) -> Int? {
+        state.withLock { s in
+            switch type {
+            case .data: return s.data.baseIndex(of: id)
+            case .tree: return s.tree.baseIndex(of: id).map { $0 + s.data.base.count }
+            }
+        }
+    }
+
+    /// How many slots `seal()` numbered.
+    var slotCount: Int { state.withLock { $0.data.base.count + $0.tree.base.count } }
+
     public var blobCount: Int {
         state.withLock { s in
             s.flushLoaded()

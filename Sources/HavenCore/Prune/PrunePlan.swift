@@ -184,11 +184,15 @@ public struct PrunePlan: Sendable, CustomStringConvertible {
         // Snapshots are listed before the index is read (the index covers every listed snapshot).
         let snapshotIDs = try await repository.listSnapshotIDs()
         plan.snapshotIDs = snapshotIDs.sorted()
-        let files: [(ID, IndexFile)]
-        do { files = try await repository.loadIndexFiles() } catch let e as HavenError {
+        // Each index file goes into the master index (for reading trees) and the listing (every copy of
+        // every blob) as it is decoded; no decoded file is kept.
+        let index = MasterIndex()
+        let listing: PackListing
+        do {
+            (listing, plan.indexFiles) = try await PackListing.load(repository, into: index)
+        } catch let e as HavenError {
             throw HavenError(.corrupt, "prune refused: \(e.message); nothing was changed. Run `haven check` and repair the index first", cause: e)
         }
-        plan.indexFiles = files.map(\.0).sorted()
         let snapshots = Locked<[Snapshot]>([])
         let done = Locked(0)
         do {
@@ -203,8 +207,6 @@ public struct PrunePlan: Sendable, CustomStringConvertible {
                              + "Run `haven check`, then remove or repair the damaged snapshot", cause: e)
         }
 
-        let index = MasterIndex()
-        for (_, f) in files { index.add(f) }
         let walk = try await TreeWalker(repository: repository, index: index, maxProblems: 20)
             .walk(snapshots.withLock { $0 }) { n in progress?(PruneProgress(phase: .trees, done: n, total: nil)) }
         if walk.problemCount > 0 {
@@ -217,7 +219,7 @@ public struct PrunePlan: Sendable, CustomStringConvertible {
         for f in try await storage.list(.pack) {
             if let id = ID(hex: f.name) { stored[id] = f.size }
         }
-        try plan.classify(files: files, stored: stored, usedData: walk.usedData, usedTrees: walk.usedTrees)
+        try plan.classify(listing: listing, stored: stored, inUse: walk.used)
         return plan
     }
 
@@ -231,7 +233,8 @@ public struct PrunePlan: Sendable, CustomStringConvertible {
     }
 
     private struct PackStats {
-        var blobs: [PackedBlob]
+        var blobs: [PackedBlob] { entries.map(\.blob) }
+        var entries: ArraySlice<PackListing.Entry>
         var size: UInt64
         var used = Amount()
         var unused = Amount()
@@ -240,35 +243,48 @@ public struct PrunePlan: Sendable, CustomStringConvertible {
         var keepers: [PackedBlob] = []
     }
 
-    private mutating func classify(files: [(ID, IndexFile)], stored: [ID: Int], usedData: Set<ID>, usedTrees: Set<ID>) throws {
-        // Every pack's entries, merged across index files.
-        var entries: [ID: Set<PackedBlob>] = [:]
-        for (_, f) in files { for p in f.packs { entries[p.id, default: []].formUnion(p.blobs) } }
-        func isUsed(_ b: PackedBlob) -> Bool { b.type == .data ? usedData.contains(b.id) : usedTrees.contains(b.id) }
+    private mutating func classify(listing: PackListing, stored: [ID: Int], inUse: UsedBlobs) throws {
+        let index = inUse.index
+        let slotCount = index.slotCount
+        // Every listed blob is in the index (both come from the same files), so each has a slot.
+        func slot(_ b: PackedBlob) -> Int? { index.slot(b.id, b.type) }
+        func isUsed(_ b: PackedBlob) -> Bool { slot(b).map(inUse.contains(slot:)) ?? false }
 
+        // The first stored pack holding each used blob, and every holder of the few used blobs with copies.
         var packs: [ID: PackStats] = [:]
-        var locations: [BlobKey: [ID]] = [:]
-        for (id, set) in entries {
+        var firstHolder = [UInt32](repeating: .max, count: slotCount)
+        var holders: [Int: [ID]] = [:]
+        var missingPositions: [Int] = []
+        for (k, id) in listing.packs.enumerated() {
             guard let size = stored[id] else {
                 missingPacks.append(id)
+                missingPositions.append(k)
                 continue
             }
-            let blobs = set.sorted { ($0.offset, $0.length) < ($1.offset, $1.length) }
-            var stats = PackStats(blobs: blobs, size: UInt64(size))
-            var seen = Set<BlobKey>()
-            for b in blobs {
-                if b.type == .tree { stats.hasTree = true }
-                let k = BlobKey(id: b.id, type: b.type)
-                if isUsed(b) && seen.insert(k).inserted { locations[k, default: []].append(id) }
+            let entries = listing.blobs(ofPackAt: k)
+            var stats = PackStats(entries: entries, size: UInt64(size))
+            for e in entries {
+                if e.blob.type == .tree { stats.hasTree = true }
+                guard let s = slot(e.blob), inUse.contains(slot: s) else { continue }
+                let first = firstHolder[s]
+                if first == .max {
+                    firstHolder[s] = UInt32(k)
+                } else if first != UInt32(k), holders[s]?.last != id {
+                    holders[s, default: [listing.packs[Int(first)]]].append(id)
+                }
             }
             packs[id] = stats
         }
-        missingPacks.sort()
 
         // Every used blob needs a copy in a pack that exists.
-        var unavailable: [BlobKey] = []
-        for id in usedData where locations[BlobKey(id: id, type: .data)] == nil { unavailable.append(BlobKey(id: id, type: .data)) }
-        for id in usedTrees where locations[BlobKey(id: id, type: .tree)] == nil { unavailable.append(BlobKey(id: id, type: .tree)) }
+        var unavailable = inUse.notIndexed.sorted { ($0.type.rawValue, $0.id) < ($1.type.rawValue, $1.id) }
+        var reported = Set<Int>()
+        for k in missingPositions {
+            for e in listing.blobs(ofPackAt: k) {
+                guard let s = slot(e.blob), inUse.contains(slot: s), firstHolder[s] == .max, reported.insert(s).inserted else { continue }
+                unavailable.append(BlobKey(id: e.blob.id, type: e.blob.type))
+            }
+        }
         if !unavailable.isEmpty {
             let sample = unavailable.prefix(5).map { "\($0.type.rawValue) blob \($0.id.short)" }.joined(separator: ", ")
             throw HavenError(.corrupt, "prune refused: \(unavailable.count) blob\(unavailable.count == 1 ? "" : "s") that snapshots use "
@@ -278,30 +294,38 @@ public struct PrunePlan: Sendable, CustomStringConvertible {
 
         // Choose one copy of each used blob: the one in the pack that is most used anyway.
         // Ties go to the pack with more used bytes, then to the lower pack ID (deterministic).
-        var usedShare: [ID: (share: Double, bytes: UInt64)] = [:]
-        for (id, p) in packs {
-            var usedBytes: UInt64 = 0, total: UInt64 = 0
-            for b in p.blobs {
-                total += UInt64(b.length)
-                if isUsed(b) { usedBytes += UInt64(b.length) }
+        var keeper: [Int: ID] = [:]
+        if !holders.isEmpty {
+            var usedShare: [ID: (share: Double, bytes: UInt64)] = [:]
+            for (id, p) in packs {
+                var usedBytes: UInt64 = 0, total: UInt64 = 0
+                for e in p.entries {
+                    total += UInt64(e.blob.length)
+                    if isUsed(e.blob) { usedBytes += UInt64(e.blob.length) }
+                }
+                usedShare[id] = (total == 0 ? 0 : Double(usedBytes) / Double(total), usedBytes)
             }
-            usedShare[id] = (total == 0 ? 0 : Double(usedBytes) / Double(total), usedBytes)
-        }
-        var keeper: [BlobKey: ID] = [:]
-        for (k, where_) in locations {
-            keeper[k] = where_.count == 1 ? where_[0] : where_.min { a, b in
-                let x = usedShare[a]!, y = usedShare[b]!
-                if x.share != y.share { return x.share > y.share }
-                if x.bytes != y.bytes { return x.bytes > y.bytes }
-                return a < b
+            for (s, where_) in holders {
+                keeper[s] = where_.min { a, b in
+                    let x = usedShare[a]!, y = usedShare[b]!
+                    if x.share != y.share { return x.share > y.share }
+                    if x.bytes != y.bytes { return x.bytes > y.bytes }
+                    return a < b
+                }
             }
         }
-        for id in Array(packs.keys) {
-            var p = packs[id]!
-            var taken = Set<BlobKey>()
-            for b in p.blobs {
-                let k = BlobKey(id: b.id, type: b.type)
-                if isUsed(b) && keeper[k] == id && taken.insert(k).inserted {
+        // A blob listed twice in one pack is kept once: `takenBy` marks the pack that took it.
+        var takenBy = firstHolder
+        firstHolder = []
+        for k in takenBy.indices { takenBy[k] = .max }
+        for (k, id) in listing.packs.enumerated() {
+            guard var p = packs[id] else { continue }
+            for e in p.entries {
+                let b = e.blob
+                let s = slot(b)
+                let isKeeper = s.map { s in inUse.contains(slot: s) && (keeper[s] ?? id) == id && takenBy[s] != UInt32(k) } ?? false
+                if isKeeper, let s {
+                    takenBy[s] = UInt32(k)
                     p.used.add(b)
                     p.keepers.append(b)
                 } else {
@@ -314,6 +338,7 @@ public struct PrunePlan: Sendable, CustomStringConvertible {
             unused.add(p.unused)
             duplicates.add(p.duplicates)
         }
+        takenBy = []
 
         // Classify.
         var keep = Set<ID>()
@@ -362,15 +387,14 @@ public struct PrunePlan: Sendable, CustomStringConvertible {
         unusedAfter = unusedLeft
 
         // Copy a used blob out of a repacked pack only when no kept pack has a copy of it.
-        var keptHas = Set<BlobKey>()
-        for id in keep { for b in packs[id]!.blobs { keptHas.insert(BlobKey(id: b.id, type: b.type)) } }
-        var copied = Set<BlobKey>()
+        var keptHas = SlotSet(count: slotCount)
+        for id in keep { for e in packs[id]!.entries { if let s = slot(e.blob) { keptHas.insert(s) } } }
+        var copied = SlotSet(count: slotCount)
         for id in repack.sorted() {
             let p = packs[id]!
             var sources: [PackedBlob] = []
             for b in p.keepers {
-                let k = BlobKey(id: b.id, type: b.type)
-                guard !keptHas.contains(k), copied.insert(k).inserted else { continue }
+                guard let s = slot(b), !keptHas.contains(s), copied.insert(s) else { continue }
                 sources.append(b)
                 toRepack.add(b)
             }
@@ -385,7 +409,7 @@ public struct PrunePlan: Sendable, CustomStringConvertible {
         packsKept = keep.count
         keptPacks = keep.sorted().map { IndexFile.Pack(id: $0, blobs: packs[$0]!.blobs) }
 
-        unreferencedPacks = stored.keys.filter { entries[$0] == nil }.sorted()
+        unreferencedPacks = stored.keys.filter { listing.position(of: $0) == nil }.sorted()
         unreferencedBytes = unreferencedPacks.reduce(0) { $0 + UInt64(stored[$1]!) }
         let deletedBytes = packsToDelete.reduce(UInt64(0)) { $0 + packs[$1]!.size }
         let repackedBytes = packsToRepack.reduce(UInt64(0)) { $0 + packs[$1]!.size }

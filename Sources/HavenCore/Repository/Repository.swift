@@ -141,18 +141,6 @@ public final class Repository: Sendable {
         index.finishLoading()
     }
 
-    /// Reads every index file (for prune and check, which need all entries, duplicates included).
-    public func loadIndexFiles() async throws -> [(ID, IndexFile)] {
-        let files = try await storage.list(.index)
-        let out = Locked<[(ID, IndexFile)]>([])
-        try await forEachConcurrently(files, limit: 4) { f in
-            guard let id = ID(hex: f.name) else { return }
-            let file = try IndexFile.decode(try await self.loadUnpacked(Handle(.index, id)), id: id)
-            out.withLock { $0.append((id, file)) }
-        }
-        return out.withLock { $0 }
-    }
-
     // MARK: Blobs
 
     /// Loads a blob's plaintext and checks it against its ID.
