@@ -143,8 +143,8 @@ final class RestoreRun: @unchecked Sendable {
         var warnings: [RestoreIssue] = []
         /// Files whose content could not be written completely (or did not verify).
         var failed: Set<Int> = []
-        /// Blob uses still to be written, per file.
-        var remaining: [Int: Int] = [:]
+        /// Blob uses still to be written, by entry (0 for entries with no content to write).
+        var remaining: [Int32] = []
         var progress = RestoreProgress()
     }
 
@@ -438,46 +438,81 @@ final class RestoreRun: @unchecked Sendable {
 
     // MARK: Phase 2: file contents
 
+    /// One use of a blob by a file, as planned: all of a restore's uses sit in one array sorted by pack
+    /// and offset, and each pack's run of it becomes a `PackJob` only when that pack is restored.
+    struct PlannedUse: Sendable {
+        /// The pack's position in the sorted pack list.
+        var pack: UInt32
+        var blob: PackedBlob
+        var use: BlobUse
+    }
+
     func writeContents() async throws {
-        var uses: [ID: [BlobUse]] = [:]
-        var remaining: [Int: Int] = [:]
-        var locations: [ID: BlobLocation] = [:]
+        var packNumbers: [ID: UInt32] = [:]
+        var packs: [ID] = []
+        var planned: [PlannedUse] = []
+        var remaining = [Int32](repeating: 0, count: entries.count)
         for (i, e) in entries.enumerated() where e.action == .file && states[i] == .created && e.size > 0 && !e.node.content.isEmpty {
-            var fileUses: [(ID, BlobUse)] = []
+            let before = planned.count
             var offset: UInt64 = 0
             var missing: ID?
             for id in e.node.content {
-                let loc: BlobLocation
-                if let known = locations[id] {
-                    loc = known
-                } else if let found = repository.index.lookup(id, .data) {
-                    loc = found
-                    locations[id] = found
-                } else {
+                guard let loc = repository.index.lookup(id, .data) else {
                     missing = id
                     break
                 }
-                fileUses.append((id, BlobUse(entry: i, offset: offset)))
+                let n: UInt32
+                if let known = packNumbers[loc.pack] {
+                    n = known
+                } else {
+                    n = UInt32(packs.count)
+                    packNumbers[loc.pack] = n
+                    packs.append(loc.pack)
+                }
+                planned.append(PlannedUse(pack: n, blob: loc.blob, use: BlobUse(entry: i, offset: offset)))
                 offset += UInt64(loc.blob.dataLength)
             }
             if let missing {
+                planned.removeLast(planned.count - before)
                 fail(i, "content blob \(missing.short) is not in the repository index")
                 shared.withLock { $0.progress.filesDone += 1; $0.progress.bytesDone += e.size }
                 continue
             }
-            for (id, use) in fileUses { uses[id, default: []].append(use) }
-            remaining[i] = fileUses.count
+            remaining[i] = Int32(planned.count - before)
         }
-        var byPack: [ID: [PackBlob]] = [:]
-        for (id, u) in uses {
-            let loc = locations[id]!
-            byPack[loc.pack, default: []].append(PackBlob(blob: loc.blob, uses: u))
+        packNumbers = [:]
+        // Packs in ID order, each pack's blobs by offset, each blob's uses in file order.
+        let order = packs.indices.sorted { packs[$0] < packs[$1] }
+        var rank = [UInt32](repeating: 0, count: order.count)
+        for (position, n) in order.enumerated() { rank[n] = UInt32(position) }
+        let sortedPacks = order.map { packs[$0] }
+        for k in planned.indices { planned[k].pack = rank[Int(planned[k].pack)] }
+        planned.sort { a, b in
+            if a.pack != b.pack { return a.pack < b.pack }
+            if a.blob.offset != b.blob.offset { return a.blob.offset < b.blob.offset }
+            if a.use.entry != b.use.entry { return a.use.entry < b.use.entry }
+            return a.use.offset < b.use.offset
+        }
+        var runs: [Range<Int>] = []
+        var start = 0
+        for k in planned.indices where k + 1 == planned.count || planned[k + 1].pack != planned[k].pack {
+            runs.append(start..<(k + 1))
+            start = k + 1
         }
         shared.withLock { $0.remaining = remaining }
-        let jobs = byPack.map { PackJob(pack: $0.key, blobs: $0.value.sorted { $0.blob.offset < $1.blob.offset }) }
-            .sorted { $0.pack < $1.pack }
-        try await forEachConcurrently(jobs, limit: max(1, options.packConcurrency)) { job in
-            try await self.restorePack(job)
+        remaining = []
+        let uses = planned
+        planned = []
+        try await forEachConcurrently(runs, limit: max(1, options.packConcurrency)) { run in
+            var blobs: [PackBlob] = []
+            for u in uses[run] {
+                if let last = blobs.last, last.blob.offset == u.blob.offset, last.blob.id == u.blob.id {
+                    blobs[blobs.count - 1].uses.append(u.use)
+                } else {
+                    blobs.append(PackBlob(blob: u.blob, uses: [u.use]))
+                }
+            }
+            try await self.restorePack(PackJob(pack: sortedPacks[Int(uses[run.lowerBound].pack)], blobs: blobs))
         }
     }
 
@@ -571,9 +606,9 @@ final class RestoreRun: @unchecked Sendable {
     private func finish(_ entry: Int, bytes: UInt64) {
         shared.withLock { s in
             s.progress.bytesDone += bytes
-            if let left = s.remaining[entry] {
-                s.remaining[entry] = left - 1
-                if left == 1 { s.progress.filesDone += 1 }
+            if entry < s.remaining.count, s.remaining[entry] > 0 {
+                s.remaining[entry] -= 1
+                if s.remaining[entry] == 0 { s.progress.filesDone += 1 }
             }
         }
         report()
