@@ -113,9 +113,9 @@ ensure_tools() {
 build_haven() {
     mkdir -p "$BENCH_DIR/bin"
     if [ "$BUILD" = 1 ]; then
-        log "building Haven (swift build -c release) — this takes a few minutes"
+        log "building Haven (swift build -c release --static-swift-stdlib --product haven) — this takes a few minutes"
         local attempt=1
-        until (cd "$ROOT" && swift build -c release >"$BENCH_DIR/build.log" 2>&1); do
+        until (cd "$ROOT" && swift build -c release --static-swift-stdlib --product haven >"$BENCH_DIR/build.log" 2>&1); do
             # Others may be editing the sources while we build; that aborts the build, so try again.
             if [ $attempt -lt 4 ] && grep -q "was modified during the build" "$BENCH_DIR/build.log"; then
                 log "sources changed during the build; building again (attempt $((attempt += 1)))"
@@ -123,7 +123,7 @@ build_haven() {
                 continue
             fi
             tail -30 "$BENCH_DIR/build.log" >&2
-            die "swift build -c release failed (log: $BENCH_DIR/build.log)"
+            die "swift build -c release --static-swift-stdlib --product haven failed (log: $BENCH_DIR/build.log)"
         done
     fi
     [ -x "$ROOT/.build/release/haven" ] || die "$ROOT/.build/release/haven not found (build it or drop --no-build)"

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-swift build -c release
+swift build -c release --static-swift-stdlib --product haven
 HAVEN="$PWD/.build/release/haven"
 export HAVEN_DEMO="$PWD/demo"
 mkdir -p demo

@@ -9,6 +9,7 @@
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/prctl.h>
+#include <sys/random.h>
 #endif
 
 int haven_o_noatime(void) { return O_NOATIME; }
@@ -84,6 +85,25 @@ int haven_trim_code_pages(void) {
     fclose(maps);
     return trimmed;
 #else
+    return 0;
+#endif
+}
+
+int haven_random_bytes(void *buffer, size_t count) {
+#ifdef __linux__
+    unsigned char *p = buffer;
+    while (count > 0) {
+        ssize_t n = getrandom(p, count, 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += n;
+        count -= (size_t)n;
+    }
+    return 0;
+#else
+    arc4random_buf(buffer, count);
     return 0;
 #endif
 }

@@ -320,6 +320,23 @@ extension CryptoTests {
             #expect(resealed == sealed)
         }
 
+        @Test("sealing draws a fresh random IV per message, across refills of the IV block")
+        func ivsAreFreshAcrossRefills() throws {
+            let key = MasterKey.random()
+            let message = [UInt8](repeating: 7, count: 10)
+            var seen = Set<[UInt8]>()
+            var byteCounts = [Int](repeating: 0, count: 256)
+            for _ in 0..<1_000 {  // 16 bytes each: several 4 KiB blocks
+                let sealed = message.withUnsafeBytes { key.seal($0) }
+                let iv = Array(sealed.prefix(16))
+                #expect(seen.insert(iv).inserted, "IV repeated")
+                for b in iv { byteCounts[Int(b)] += 1 }
+                #expect(try key.open(sealed) == message)
+            }
+            // 16,000 bytes over 256 values: a stuck or zeroed source would pile onto a few values.
+            #expect(byteCounts.max()! < 140 && byteCounts.min()! > 20, "\(byteCounts)")
+        }
+
         @Test func randomKeysAreClampedAndDistinct() {
             let a = MasterKey.random(), b = MasterKey.random()
             #expect(a.encryptionKey.count == 32 && a.macK.count == 16 && a.macR.count == 16)

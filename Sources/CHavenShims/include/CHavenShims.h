@@ -19,4 +19,6 @@ int haven_signal_pipe(int sig);
 /// off the kernel's fault-around for them, so only code that actually runs from now on is resident.
 /// Returns the number of mappings trimmed (-1 if /proc is unavailable). Linux only; 0 elsewhere.
 int haven_trim_code_pages(void);
+/// Fills `buffer` with `count` bytes from the kernel's CSPRNG (getrandom(2)). Returns 0, or -1 on error.
+int haven_random_bytes(void *buffer, size_t count);
 #endif
