@@ -65,10 +65,23 @@ public enum Zstd {
     /// Decompresses one or more frames. `limit` bounds the output (hostile input may claim any size).
     /// Throws `.corrupt` on malformed input or output beyond `limit`.
     public static func decompress(_ input: UnsafeRawBufferPointer, limit: Int, expectedSize: Int? = nil) throws -> [UInt8] {
-        var capacity: Int
+        let capacity: Int
         if let expectedSize {
             guard expectedSize <= limit else { throw HavenError(.corrupt, "zstd: claimed size \(expectedSize) exceeds limit") }
-            capacity = expectedSize
+            // The size is known (every compressed blob records it): decompress in one call into an exactly
+            // sized, uninitialised buffer. Larger output fails as "destination buffer too small".
+            return try ZstdContextPool.shared.withDecompressionContext { dctx in
+                var result = 0
+                let out = [UInt8](unsafeUninitializedCapacity: max(expectedSize, 1)) { dst, count in
+                    result = ZSTD_decompressDCtx(dctx, dst.baseAddress, expectedSize, input.baseAddress, input.count)
+                    count = ZSTD_isError(result) == 0 ? result : 0
+                }
+                if ZSTD_isError(result) != 0 { throw HavenError(.corrupt, "zstd: \(String(cString: ZSTD_getErrorName(result)))") }
+                guard result == expectedSize else {
+                    throw HavenError(.corrupt, "zstd: decompressed \(result) bytes, expected \(expectedSize)")
+                }
+                return out
+            }
         } else {
             let claimed = ZSTD_getFrameContentSize(input.baseAddress, input.count)
             // ZSTD_CONTENTSIZE_UNKNOWN / _ERROR are the two largest UInt64 values.
@@ -79,12 +92,12 @@ public enum Zstd {
             }
         }
         return try ZstdContextPool.shared.withDecompressionContext { dctx in
-            try decompress(input, context: dctx, capacity: capacity, limit: limit, expectedSize: expectedSize)
+            try decompress(input, context: dctx, capacity: capacity, limit: limit)
         }
     }
 
     private static func decompress(_ input: UnsafeRawBufferPointer, context dctx: OpaquePointer, capacity: Int,
-                                   limit: Int, expectedSize: Int?) throws -> [UInt8] {
+                                   limit: Int) throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: max(capacity, 1))
         var produced = 0
         var inBuf = ZSTD_inBuffer(src: input.baseAddress, size: input.count, pos: 0)
@@ -108,9 +121,6 @@ public enum Zstd {
             }
         }
         out.removeLast(out.count - produced)
-        if let expectedSize, produced != expectedSize {
-            throw HavenError(.corrupt, "zstd: decompressed \(produced) bytes, expected \(expectedSize)")
-        }
         return out
     }
 
