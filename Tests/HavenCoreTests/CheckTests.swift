@@ -108,6 +108,18 @@ func cpTime(_ s: String) -> Timestamp { Timestamp(rfc3339: s)! }
 
 private func blob(_ rng: inout CPRandom, _ n: Int = 1000) -> [UInt8] { rng.bytes(n) }
 
+/// A repository with one snapshot of one file "big" made of `blobs` random, uncompressed blobs of `size`
+/// bytes, written with packs of `packSize`: the repository and the file's content IDs.
+private func oneFileRepo(seed: UInt64, blobs count: Int, of size: Int, packSize: Int) async throws -> (CPFixture, [ID]) {
+    let fx = try await CPFixture.make()
+    var rng = CPRandom(seed: seed)
+    let w = BlobWriter(repository: fx.repo, packSize: packSize, compression: .off)
+    let content = (0..<count).map { _ in blob(&rng, size) }
+    let snap = try await fx.backup([.init(name: "big", blobs: content)], writer: w, time: cpTime("2024-01-01T10:00:00Z"))
+    let tree = try await fx.repo.loadTree(try await fx.repo.loadSnapshot(snap).tree)
+    return (fx, tree.node(named: Array("big".utf8))!.content)
+}
+
 /// A repository with two snapshots (several data packs and tree packs), written with small packs.
 private func twoSnapshotRepo() async throws -> (CPFixture, [ID]) {
     let fx = try await CPFixture.make()
@@ -261,12 +273,7 @@ struct CheckTests {
 
     @Test("a pack larger than the read window is verified across windows")
     func packAcrossWindows() async throws {
-        let fx = try await CPFixture.make()
-        var rng = CPRandom(seed: 8)
-        let w = BlobWriter(repository: fx.repo, packSize: 16 << 20, compression: .off)
-        let content = (0..<12).map { _ in blob(&rng, 1_000_000) }
-        let snap = try await fx.backup([.init(name: "big", blobs: content)], writer: w, time: cpTime("2024-01-01T10:00:00Z"))
-        let ids = try await fx.repo.loadTree(try await fx.repo.loadSnapshot(snap).tree).node(named: Array("big".utf8))!.content
+        let (fx, ids) = try await oneFileRepo(seed: 8, blobs: 12, of: 1_000_000, packSize: 16 << 20)
         let last = fx.repo.index.lookup(ids[11], .data)!
         #expect(fx.repo.index.lookup(ids[0], .data)!.pack == last.pack, "one pack holds the file")
         #expect(Int(last.blob.offset) > 2 * Checker.readWindow, "the pack spans several windows")
@@ -285,13 +292,7 @@ struct CheckTests {
 
     @Test("damage in both halves of a large pack is reported, in pack order")
     func damageInBothHalves() async throws {
-        let fx = try await CPFixture.make()
-        var rng = CPRandom(seed: 7)
-        let w = BlobWriter(repository: fx.repo, packSize: 8 << 20, compression: .off)
-        let content = (0..<24).map { _ in blob(&rng, 100_000) }
-        let snap = try await fx.backup([.init(name: "big", blobs: content)], writer: w, time: cpTime("2024-01-01T10:00:00Z"))
-        let tree = try await fx.repo.loadTree(try await fx.repo.loadSnapshot(snap).tree)
-        let ids = tree.node(named: Array("big".utf8))!.content
+        let (fx, ids) = try await oneFileRepo(seed: 7, blobs: 24, of: 100_000, packSize: 8 << 20)
         let first = fx.repo.index.lookup(ids[2], .data)!, second = fx.repo.index.lookup(ids[21], .data)!
         #expect(first.pack == second.pack, "one pack holds the file")
         fx.storage.tamper(Handle(.pack, first.pack)) { bytes in
@@ -497,7 +498,7 @@ struct CheckTests {
         }
         func expectCorrupt(_ bytes: [UInt8], _ what: String) {
             do {
-                _ = try PackReader.header(of: bytes, id: pack, key: key)
+                _ = try PackReader.header(tail: bytes, total: bytes.count, id: pack, key: key)
                 Issue.record("accepted: \(what)")
             } catch let e as HavenError {
                 #expect(e.code == .corrupt, "\(what)")
@@ -507,7 +508,11 @@ struct CheckTests {
             }
         }
         let entry = PackFormat.encodeHeader([PackedBlob(id: ID.hash([1]), type: .data, offset: 0, length: 100, uncompressedLength: 0)])
-        #expect(try PackReader.header(of: sealedPack(100, entry), id: pack, key: key).count == 1)
+        let good = sealedPack(100, entry)
+        #expect(try PackReader.header(tail: good, total: good.count, id: pack, key: key).count == 1)
+        #expect(try PackReader.header(tail: Array(good.suffix(good.count - 100)), total: good.count, id: pack, key: key).count == 1,
+                "the tail alone decodes the same")
+        #expect(throws: HavenError.self) { try PackReader.header(tail: Array(good.suffix(20)), total: good.count, id: pack, key: key) }
         expectCorrupt([], "empty")
         expectCorrupt([1, 2, 3], "3 bytes")
         expectCorrupt([UInt8](repeating: 0, count: 40), "zero header length")
@@ -526,7 +531,8 @@ struct CheckTests {
         for _ in 0..<3000 {
             let header = rng.bytes(Int(rng.next() % 200))
             _ = try? PackFormat.decodeHeader(header, pack: pack, headerStart: Int(rng.next() % 100_000))
-            _ = try? PackReader.header(of: rng.bytes(Int(rng.next() % 120)), id: pack, key: key)
+            let bytes = rng.bytes(Int(rng.next() % 120))
+            _ = try? PackReader.header(tail: bytes, total: bytes.count, id: pack, key: key)
         }
 
         // Through storage: loadPackHeader on damaged pack files.

@@ -396,19 +396,21 @@ public enum Checker {
             }
         }
         var hash = SHA256()
+        /// The next stretch of the pack, hashed and counted.
+        func read(_ start: Int, _ end: Int) async throws -> [UInt8] {
+            let bytes = try await repository.storage.load(handle, offset: start, length: end - start)
+            guard bytes.count == end - start else { throw HavenError(.corrupt, "pack \(pack.short) ended early, at byte \(start + bytes.count)") }
+            hash.update(data: bytes)
+            r.bytes += UInt64(bytes.count)
+            return bytes
+        }
         do {
             for step in readPlan(size: size, blobs: inside, window: readWindow) {
                 switch step {
                 case .hash(let start, let end):
-                    let bytes = try await repository.storage.load(handle, offset: start, length: end - start)
-                    guard bytes.count == end - start else { throw HavenError(.corrupt, "pack \(pack.short) ended early, at byte \(start + bytes.count)") }
-                    hash.update(data: bytes)
-                    r.bytes += UInt64(bytes.count)
+                    _ = try await read(start, end)
                 case .blobs(let start, let end, let blobs):
-                    let bytes = try await repository.storage.load(handle, offset: start, length: end - start)
-                    guard bytes.count == end - start else { throw HavenError(.corrupt, "pack \(pack.short) ended early, at byte \(start + bytes.count)") }
-                    hash.update(data: bytes)
-                    r.bytes += UInt64(bytes.count)
+                    let bytes = try await read(start, end)
                     // Two workers share the blobs, so decryption, decompression and hashing use both cores
                     // even when only a few packs are read at once.
                     let parts = splitByBytes(blobs, minimumBytes: 1 << 20)

@@ -34,8 +34,7 @@ struct PackListing: Sendable {
     /// Collects index files from several tasks at once; `finish()` sorts them into a listing.
     final class Builder: Sendable {
         private struct State {
-            var numbers: [ID: UInt32] = [:]
-            var packs: [ID] = []
+            var numbering = PackNumbering()
             var namedBy: [ID] = []
             var entries: [Entry] = []
         }
@@ -44,15 +43,11 @@ struct PackListing: Sendable {
         func add(_ file: IndexFile, id: ID) {
             state.withLock { s in
                 for p in file.packs {
-                    let n: UInt32
-                    if let known = s.numbers[p.id] {
-                        n = known
-                        if id < s.namedBy[Int(n)] { s.namedBy[Int(n)] = id }
-                    } else {
-                        n = UInt32(s.packs.count)
-                        s.numbers[p.id] = n
-                        s.packs.append(p.id)
+                    let (n, isNew) = s.numbering.number(for: p.id)
+                    if isNew {
                         s.namedBy.append(id)
+                    } else if id < s.namedBy[Int(n)] {
+                        s.namedBy[Int(n)] = id
                     }
                     for b in p.blobs { s.entries.append(Entry(blob: b, pack: n)) }
                 }
@@ -64,13 +59,10 @@ struct PackListing: Sendable {
                 defer { s = State() }
                 return s
             }
-            s.numbers = [:]
-            let order = s.packs.indices.sorted { s.packs[$0] < s.packs[$1] }
-            var rank = [UInt32](repeating: 0, count: order.count)
-            for (position, n) in order.enumerated() { rank[n] = UInt32(position) }
+            let (packs, rank) = s.numbering.sorted()
             var out = PackListing()
-            out.packs = order.map { s.packs[$0] }
-            out.namedBy = order.map { s.namedBy[$0] }
+            out.packs = packs
+            out.namedBy = zip(rank, s.namedBy).sorted { $0.0 < $1.0 }.map(\.1)
             for i in s.entries.indices { s.entries[i].pack = rank[Int(s.entries[i].pack)] }
             s.entries.sort { a, b in
                 if a.pack != b.pack { return a.pack < b.pack }
@@ -139,4 +131,28 @@ struct SlotSet: Sendable {
     func contains(_ slot: Int) -> Bool { words[slot >> 6] & (1 << UInt64(slot & 63)) != 0 }
 
     var count: Int { words.reduce(0) { $0 + $1.nonzeroBitCount } }
+}
+
+/// Numbers packs in the order they are first seen, so that large arrays can hold a 4-byte number instead
+/// of a 32-byte pack ID, and then ranks them by ID.
+struct PackNumbering {
+    private var numbers: [ID: UInt32] = [:]
+    private var packs: [ID] = []
+
+    /// The pack's number, and whether this call gave it.
+    mutating func number(for pack: ID) -> (UInt32, isNew: Bool) {
+        if let known = numbers[pack] { return (known, false) }
+        let n = UInt32(packs.count)
+        numbers[pack] = n
+        packs.append(pack)
+        return (n, true)
+    }
+
+    /// The packs sorted by ID, and for each number its position in that order.
+    func sorted() -> (packs: [ID], rank: [UInt32]) {
+        let order = packs.indices.sorted { packs[$0] < packs[$1] }
+        var rank = [UInt32](repeating: 0, count: order.count)
+        for (position, n) in order.enumerated() { rank[n] = UInt32(position) }
+        return (order.map { packs[$0] }, rank)
+    }
 }

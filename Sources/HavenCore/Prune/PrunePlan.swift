@@ -315,9 +315,8 @@ public struct PrunePlan: Sendable, CustomStringConvertible {
             }
         }
         // A blob listed twice in one pack is kept once: `takenBy` marks the pack that took it.
-        var takenBy = firstHolder
         firstHolder = []
-        for k in takenBy.indices { takenBy[k] = .max }
+        var takenBy = [UInt32](repeating: .max, count: slotCount)
         for (k, id) in listing.packs.enumerated() {
             guard var p = packs[id] else { continue }
             for e in p.entries {
@@ -338,7 +337,6 @@ public struct PrunePlan: Sendable, CustomStringConvertible {
             unused.add(p.unused)
             duplicates.add(p.duplicates)
         }
-        takenBy = []
 
         // Classify.
         var keep = Set<ID>()

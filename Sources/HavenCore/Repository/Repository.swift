@@ -194,24 +194,14 @@ public final class Repository: Sendable {
     public func loadPackHeader(_ pack: ID, size: Int? = nil) async throws -> [PackedBlob] {
         var total = size ?? 0
         if size == nil { total = try await storage.stat(Handle(.pack, pack)) }
-        let minimum = 4 + MasterKey.overhead
-        guard total >= minimum else { throw HavenError(.corrupt, "pack \(pack.short) is too short (\(total) bytes)") }
         // Read the tail in one request; most headers fit in a few KiB.
         let guess = min(total, 4 + 8192)
         var tail = try await storage.load(Handle(.pack, pack), offset: total - guess, length: guess)
-        let headerLength = tail.withUnsafeBytes { Int(PackFormat.readLE($0, guess - 4)) }
-        guard headerLength >= MasterKey.overhead, headerLength + 4 <= total, headerLength <= PackFormat.maxHeaderSize else {
-            throw HavenError(.corrupt, "pack \(pack.short) has an invalid header length \(headerLength)")
+        let length = try PackReader.headerLength(tail: tail, total: total, id: pack)
+        if length + 4 > guess {
+            tail = try await storage.load(Handle(.pack, pack), offset: total - 4 - length, length: length + 4)
         }
-        if headerLength + 4 > guess {
-            tail = try await storage.load(Handle(.pack, pack), offset: total - 4 - headerLength, length: headerLength + 4)
-        }
-        let sealed = Array(tail[(tail.count - 4 - headerLength)..<(tail.count - 4)])
-        let header: [UInt8]
-        do { header = try key.open(sealed) } catch {
-            throw HavenError(.corrupt, "pack \(pack.short) has a damaged header (MAC mismatch)")
-        }
-        return try PackFormat.decodeHeader(header, pack: pack, headerStart: total - 4 - headerLength)
+        return try PackReader.header(tail: tail, total: total, id: pack, key: key)
     }
 
     // MARK: Snapshots

@@ -448,8 +448,7 @@ final class RestoreRun: @unchecked Sendable {
     }
 
     func writeContents() async throws {
-        var packNumbers: [ID: UInt32] = [:]
-        var packs: [ID] = []
+        var numbering = PackNumbering()
         var planned: [PlannedUse] = []
         var remaining = [Int32](repeating: 0, count: entries.count)
         for (i, e) in entries.enumerated() where e.action == .file && states[i] == .created && e.size > 0 && !e.node.content.isEmpty {
@@ -461,15 +460,7 @@ final class RestoreRun: @unchecked Sendable {
                     missing = id
                     break
                 }
-                let n: UInt32
-                if let known = packNumbers[loc.pack] {
-                    n = known
-                } else {
-                    n = UInt32(packs.count)
-                    packNumbers[loc.pack] = n
-                    packs.append(loc.pack)
-                }
-                planned.append(PlannedUse(pack: n, blob: loc.blob, use: BlobUse(entry: i, offset: offset)))
+                planned.append(PlannedUse(pack: numbering.number(for: loc.pack).0, blob: loc.blob, use: BlobUse(entry: i, offset: offset)))
                 offset += UInt64(loc.blob.dataLength)
             }
             if let missing {
@@ -480,12 +471,9 @@ final class RestoreRun: @unchecked Sendable {
             }
             remaining[i] = Int32(planned.count - before)
         }
-        packNumbers = [:]
         // Packs in ID order, each pack's blobs by offset, each blob's uses in file order.
-        let order = packs.indices.sorted { packs[$0] < packs[$1] }
-        var rank = [UInt32](repeating: 0, count: order.count)
-        for (position, n) in order.enumerated() { rank[n] = UInt32(position) }
-        let sortedPacks = order.map { packs[$0] }
+        let (sortedPacks, rank) = numbering.sorted()
+        numbering = PackNumbering()
         for k in planned.indices { planned[k].pack = rank[Int(planned[k].pack)] }
         planned.sort { a, b in
             if a.pack != b.pack { return a.pack < b.pack }
