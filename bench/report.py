@@ -32,6 +32,7 @@ SIZES = [("after_first", "after first backup"), ("after_backups", "after all 3 b
          ("after_prune", "after forget + prune")]
 RSS_TARGET = 1.00
 SIZE_TARGET = 1.00
+INDEX_TARGET = 64   # bytes per blob of the in-memory index, scale case
 # Exit codes that mean "finished with warnings" rather than failure (restic/haven 3, borg 1 on backup).
 OK_CODES = {"haven": {0, 3}, "restic": {0, 3}, "borg": {0, 1}}
 
@@ -301,6 +302,26 @@ def main(outdir, results_md):
             worst.append(None if incomplete or not rs else max(rs))
         out.append(f"| peak RSS, worst step | ≤ {RSS_TARGET:.2f} | " +
                    " | ".join(fmt_ratio(w, RSS_TARGET) for w in worst) + " |")
+        out.append("")
+
+    index_rows = read_tsv(os.path.join(outdir, "index.tsv"))
+    if index_rows:
+        out.append("## Haven's index in memory\n")
+        out.append("After both backups (`haven stats --mode index`): the index's own count of the bytes its arrays and "
+                   "tables take, and the peak RSS of that process (which includes the 32 MiB scrypt table and the "
+                   f"binary's code). Target: ≤ {INDEX_TARGET} bytes per blob in the scale case (million).\n")
+        out.append("| corpus | index files | packs | blobs (data + tree) | index memory | bytes per blob | peak RSS |")
+        out.append("|---|---|---|---|---|---|---|")
+        by_corpus = {}
+        for row in index_rows:
+            by_corpus.setdefault(row[1], []).append(row)
+        for corpus, rows in by_corpus.items():
+            files, packs, data, tree, mem, rss = (statistics.median(int(r[i]) for r in rows) for i in range(2, 8))
+            blobs = data + tree
+            per = mem / blobs if blobs else 0
+            mark = (" ✅" if per <= INDEX_TARGET else " ❌") if corpus == "million" else ""
+            out.append(f"| {corpus} | {files:g} | {packs:g} | {blobs:g} ({data:g} + {tree:g}) | {fmt_bytes(mem)} | "
+                       f"{per:.1f}{mark} | {fmt_mb(rss)} |")
         out.append("")
 
     out.append("## Correctness\n")

@@ -348,6 +348,25 @@ record_size() {
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$bytes" "$objects" >>"$OUT/sizes.tsv"
 }
 
+# record_index ROUND CORPUS REPO: Haven's in-memory index after both backups (`stats --mode index`): blobs,
+# the bytes the index takes by its own count, and the peak RSS of the process that loaded it.
+record_index() {
+    local lf="$LOGDIR/r$1-$2-haven-index.log" tf="$LOGDIR/r$1-$2-haven-index.time" rss
+    if ! ( cd "$BENCH_DIR" && exec /usr/bin/time -f '%M' -o "$tf" timeout "$STEP_TIMEOUT" "$HAVEN" -r "$3" --json stats --mode index ) >"$lf" 2>&1; then
+        log "  haven stats --mode index failed (see $lf)"
+        return 0
+    fi
+    rss=$(tail -1 "$tf")
+    python3 - "$lf" "$1" "$2" "$rss" >>"$OUT/index.tsv" <<'PY' || log "  could not read the index figures from $lf"
+import json, sys
+log, rnd, corpus, rss = sys.argv[1:]
+d = next(json.loads(l) for l in open(log) if l.startswith("{"))
+print("\t".join(str(x) for x in (rnd, corpus, d["index_files"], d["packs"], d["data_blobs"], d["tree_blobs"],
+                                  d["index_memory_bytes"], rss)))
+PY
+    log "  haven index: $(tail -1 "$OUT/index.tsv" | awk -F'\t' '{ b = $5 + $6; printf "%d blobs, %.1f MB, %.1f bytes per blob", b, $7 / 1048576, (b ? $7 / b : 0) }')"
+}
+
 # The tool's command for a step, as words on stdout-free arrays.
 # shellcheck disable=SC2054,SC2016  # "zstd,3" is one argument; sh -c expands its own "$1"
 tool_cmd() {
@@ -434,6 +453,7 @@ run_steps() {
     fi
     rm -rf "$RESTORE"
     tool_cmd "$tool" check "$repo" "$live"; timed "$round" "$corpus" "$tool" check "${CMD[@]}" || true
+    if [ "$tool" = haven ]; then record_index "$round" "$corpus" "$repo"; fi
     tool_cmd "$tool" forget_prune "$repo" "$live"
     if timed "$round" "$corpus" "$tool" forget_prune "${CMD[@]}"; then record_size "$round" "$corpus" "$tool" after_prune "$repo"; fi
 }

@@ -217,6 +217,30 @@ struct InspectCommandsTests {
         #expect(bad.stderr.contains("restore-size"))
     }
 
+    @Test func statsIndexDescribesTheLoadedIndex() async throws {
+        let f = try await InspectFixture()
+        let parents = f.src.split(separator: "/").count
+        let index = try await f.jsonObject(["--json", "stats", "--mode", "index"])
+        #expect(index["data_blobs"] as? Int == 3)
+        #expect(index["tree_blobs"] as? Int == parents + 3)
+        #expect(index["index_files"] as? Int == 1)
+        #expect(index["packs"] as? Int == 2, "one data pack and one tree pack")
+        let bytes = try #require(index["index_memory_bytes"] as? Int)
+        let perBlob = try #require(index["index_memory_per_blob"] as? Double)
+        // At least the 32-byte ID of each blob; the reported ratio is bytes over blobs.
+        #expect(bytes >= 32 * (3 + parents + 3))
+        #expect(abs(perBlob - Double(bytes) / Double(3 + parents + 3)) < 0.1)
+
+        let text = try await f.ok(["stats", "--mode", "index"]).stdout
+        #expect(text.contains("Stats in index mode:"))
+        #expect(text.contains("Data blobs"))
+        #expect(text.contains("bytes per blob"))
+
+        let withSnapshot = try await f.run(["stats", "latest", "--mode", "index"])
+        #expect(withSnapshot.status != 0)
+        #expect(withSnapshot.stderr.contains("leave out the snapshots"))
+    }
+
     // MARK: key
 
     @Test func keyListAddRemove() async throws {

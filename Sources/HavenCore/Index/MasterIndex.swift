@@ -420,6 +420,14 @@ public final class MasterIndex: Sendable {
         }
     }
 
+    /// How many blobs of one type the index holds.
+    public func count(_ type: BlobType) -> Int {
+        state.withLock { s in
+            s.flushLoaded()
+            return s.table(type) { $0.count }
+        }
+    }
+
     public var packCount: Int { state.withLock { s in s.usedPacks().reduce(0) { $0 + ($1 ? 1 : 0) } } }
 
     /// Every pack that holds at least one indexed blob.

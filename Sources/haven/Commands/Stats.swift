@@ -15,11 +15,15 @@ struct Stats: AsyncParsableCommand {
                              snapshots selected also the size of all packs
           blobs-per-file     data blobs of each file with distinct contents
           files-by-contents  files with distinct contents and their sizes
+          index              (Haven) the repository index as loaded: index
+                             files, packs, blobs and the memory it takes;
+                             snapshots and filters do not apply
 
         Examples:
           haven -r /srv/backup stats
           haven -r /srv/backup stats latest --mode raw-data
           haven -r /srv/backup stats --host laptop --mode files-by-contents --json
+          haven -r /srv/backup stats --mode index
         """
     )
 
@@ -28,6 +32,7 @@ struct Stats: AsyncParsableCommand {
         case rawData = "raw-data"
         case blobsPerFile = "blobs-per-file"
         case filesByContents = "files-by-contents"
+        case index
     }
 
     @OptionGroup var global: GlobalOptions
@@ -36,12 +41,15 @@ struct Stats: AsyncParsableCommand {
     @Argument(help: ArgumentHelp("Snapshots to count (default: all matching the filters).", valueName: "SNAPSHOT"))
     var snapshots: [String] = []
 
-    @Option(help: ArgumentHelp("What to count: restore-size, raw-data, blobs-per-file or files-by-contents.", valueName: "MODE"))
+    @Option(help: ArgumentHelp("What to count: restore-size, raw-data, blobs-per-file, files-by-contents or index.", valueName: "MODE"))
     var mode = "restore-size"
 
     func validate() throws {
         guard Mode(rawValue: mode) != nil else {
             throw ValidationError("invalid --mode \"\(mode)\": use \(Mode.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        if mode == Mode.index.rawValue && !snapshots.isEmpty {
+            throw ValidationError("--mode index describes the whole repository index: leave out the snapshots (\(snapshots.joined(separator: " ")))")
         }
     }
 
@@ -60,6 +68,10 @@ struct Stats: AsyncParsableCommand {
     func run() async throws {
         let mode = Mode(rawValue: mode)!
         let repo = try await global.openRepository()
+        if mode == .index {
+            try await reportIndex(repo)
+            return
+        }
         let all = try await global.loadSnapshots(repo)
         let filtered = filter.apply(all)
         var selected: [Snapshot] = []
@@ -94,10 +106,42 @@ struct Stats: AsyncParsableCommand {
                 for s in chosen {
                     try await counter.byContents(s.tree, path: "/", blobsPerFile: mode == .blobsPerFile, into: &r)
                 }
+            case .index:
+                preconditionFailure("--mode index is reported by reportIndex")
             }
             return ResultBox(result: r)
         }.result
         report(result, mode: mode)
+    }
+
+    /// Loads every index file and tells what the in-memory index holds and how much memory it takes:
+    /// the figure that decides whether a repository fits a small machine.
+    func reportIndex(_ repo: Repository) async throws {
+        let indexFiles = try await repo.storage.list(.index).count
+        try await withRepositoryLock(repo, exclusive: false, global: global, readOnly: true) { (_: Lock?) in
+            try await repo.loadIndex()
+        }
+        let index = repo.index
+        let data = index.count(.data), tree = index.count(.tree)
+        let blobs = data + tree
+        let bytes = index.memoryBytes
+        let perBlob = blobs > 0 ? Double(bytes) / Double(blobs) : 0
+        if global.json {
+            global.output.printJSON([
+                "index_files": indexFiles, "packs": index.packCount, "data_blobs": data, "tree_blobs": tree,
+                "index_memory_bytes": bytes, "index_memory_per_blob": (perBlob * 10).rounded() / 10,
+            ] as [String: Any])
+            return
+        }
+        func line(_ label: String, _ value: String) {
+            Swift.print(Inspect.pad(label, 24) + ":  " + value)
+        }
+        Swift.print("Stats in index mode:")
+        line("Index files", String(indexFiles))
+        line("Packs", String(index.packCount))
+        line("Data blobs", String(data))
+        line("Tree blobs", String(tree))
+        line("Index memory", Format.bytes(UInt64(bytes)) + (blobs > 0 ? String(format: " (%.1f bytes per blob)", perBlob) : ""))
     }
 
     /// Carries the non-Sendable result out of the locked section.
