@@ -316,11 +316,11 @@ def main(outdir, results_md):
         for row in index_rows:
             by_corpus.setdefault(row[1], []).append(row)
         for corpus, rows in by_corpus.items():
-            files, packs, data, tree, mem, rss = (statistics.median(int(r[i]) for r in rows) for i in range(2, 8))
+            files, packs, data, tree, mem, rss = (int(statistics.median(int(r[i]) for r in rows)) for i in range(2, 8))
             blobs = data + tree
             per = mem / blobs if blobs else 0
             mark = (" ✅" if per <= INDEX_TARGET else " ❌") if corpus == "million" else ""
-            out.append(f"| {corpus} | {files:g} | {packs:g} | {blobs:g} ({data:g} + {tree:g}) | {fmt_bytes(mem)} | "
+            out.append(f"| {corpus} | {files} | {packs} | {blobs:,} ({data:,} + {tree:,}) | {fmt_bytes(mem)} | "
                        f"{per:.1f}{mark} | {fmt_mb(rss)} |")
         out.append("")
 

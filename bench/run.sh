@@ -6,6 +6,7 @@
 #
 # --s3 stores the repositories in a local SeaweedFS S3 server (loopback) instead of a directory; borg has
 # no S3 backend, so it runs Haven and restic only, and writes bench/RESULTS-s3.md instead of RESULTS.md.
+# The scale case alone (--scale --corpus million) writes bench/RESULTS-scale.md.
 # Environment: BENCH_DIR (work dir, default /tmp/haven-bench), BENCH_STEP_TIMEOUT (seconds per step).
 set -euo pipefail
 
@@ -79,6 +80,8 @@ else
 fi
 uses() { case " $TOOLS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 if [ "$S3" = 1 ]; then STORAGE=s3; RESULTS_MD="$HERE/RESULTS-s3.md"; else STORAGE=local; RESULTS_MD="$HERE/RESULTS.md"; fi
+# The scale case alone (--scale --corpus million) keeps its own file, so it does not replace the main run.
+if [ "$CORPORA" = million ]; then RESULTS_MD="${RESULTS_MD%.md}-scale.md"; fi
 
 # ---------------------------------------------------------------------------------------------- tools
 ensure_tools() {

@@ -305,6 +305,74 @@ extension CryptoTests {
         }
     }
 
+    /// The AES-NI path (C, `haven_aes*`) against known answers and against swift-crypto's AES.
+    @Suite(.enabled(if: AESHardwareKeys.available, "this CPU has no AES instructions"))
+    struct AESHardwareTests {
+        static let nistKey = hex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+
+        static func ctr(_ keys: AESHardwareKeys, iv: [UInt8], _ input: [UInt8]) -> [UInt8] {
+            var out = [UInt8](repeating: 0, count: input.count)
+            iv.withUnsafeBytes { ivp in
+                input.withUnsafeBytes { inp in out.withUnsafeMutableBytes { keys.ctr(iv: ivp, input: inp, output: $0) } }
+            }
+            return out
+        }
+
+        /// NIST SP 800-38A F.5.5, and FIPS-197 C.3 (AES-256) through CTR with a zero input, and C.1 (AES-128).
+        @Test func knownAnswers() throws {
+            let keys = try #require(AESHardwareKeys.make(encryptionKey: Self.nistKey, macK: hex("000102030405060708090a0b0c0d0e0f")))
+            let plaintext = hex("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
+                + "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710")
+            #expect(toHex(Self.ctr(keys, iv: hex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff"), plaintext))
+                    == "601ec313775789a5b7a7f504bbf3d228f443e3ca4d62b59aca84e990cacaf5c5"
+                    + "2b0930daa23de94ce87017ba2d84988ddfc9c58db67aada613c2dd08457941a6")
+            let fips256 = try #require(AESHardwareKeys.make(encryptionKey: (0..<32).map { UInt8($0) }, macK: [UInt8](repeating: 0, count: 16)))
+            #expect(toHex(Self.ctr(fips256, iv: hex("00112233445566778899aabbccddeeff"), [UInt8](repeating: 0, count: 16)))
+                    == "8ea2b7ca516745bfeafc49904b496089")
+            var block = [UInt8](repeating: 0, count: 16)
+            hex("00112233445566778899aabbccddeeff").withUnsafeBytes { inp in
+                block.withUnsafeMutableBytes { keys.encryptMACBlock(inp, into: $0) }
+            }
+            #expect(toHex(block) == "69c4e0d86a7b0430d8cdb78070b4c55a")
+        }
+
+        /// Random keys, IVs (also where the counter carries across 64 bits and wraps at 2^128) and lengths
+        /// around the 8-block main loop: the same bytes as swift-crypto's CTR, also in place.
+        @Test(arguments: ["0000000000000001fffffffffffffff9", "fffffffffffffffffffffffffffffffa", "random"])
+        func agreesWithSwiftCrypto(ivKind: String) throws {
+            var rng = SplitMix(state: 4242)
+            for round in 0..<40 {
+                let key = rng.bytes(32), k = rng.bytes(16)
+                let keys = try #require(AESHardwareKeys.make(encryptionKey: key, macK: k))
+                let iv = ivKind == "random" ? rng.bytes(16) : hex(ivKind)
+                let lengths = [0, 1, 15, 16, 17, 127, 128, 129, 255, 256, 1000, 4096 + 3, 70_000]
+                let input = rng.bytes(lengths[round % lengths.count])
+                let expected = AESPrimitives.ctr(key: key, iv: iv, input: input)
+                #expect(Self.ctr(keys, iv: iv, input) == expected, "length \(input.count)")
+                var inPlace = input
+                iv.withUnsafeBytes { ivp in
+                    inPlace.withUnsafeMutableBytes { buf in keys.ctr(iv: ivp, input: UnsafeRawBufferPointer(buf), output: buf) }
+                }
+                #expect(inPlace == expected, "in place, length \(input.count)")
+                let nonce = rng.bytes(16)
+                var s = [UInt8](repeating: 0, count: 16)
+                nonce.withUnsafeBytes { n in s.withUnsafeMutableBytes { keys.encryptMACBlock(n, into: $0) } }
+                #expect(s == nonce.withUnsafeBytes { AESPrimitives.encryptBlock(key: k, block: $0) })
+            }
+        }
+
+        @Test func masterKeysUseItAndOnlyForWellFormedKeys() throws {
+            #expect(MasterKey.random().usesAESInstructions)
+            #expect(!MasterKey(encryptionKey: [1, 2, 3], macK: [], macR: []).usesAESInstructions)
+            var key = MasterKey.random()
+            let sealed = key.seal([1, 2, 3, 4])
+            key.encryptionKey = [UInt8](repeating: 7, count: 32)
+            #expect(key.usesAESInstructions)
+            // The MAC keys are unchanged, so it opens, but with the new encryption key: the schedule was redone.
+            #expect(try key.open(sealed) != [1, 2, 3, 4])
+        }
+    }
+
     // MARK: - MasterKey
 
     @Suite struct MasterKeyTests {

@@ -31,10 +31,36 @@ struct PackSpoolTests {
         try spool.write(a)
         try spool.write(b)
         #expect(spool.size == a.count + b.count)
-        #expect(spool.id == ID.hash(a + b))
+        #expect(try spool.id() == ID.hash(a + b))
         #expect(try spool.readAll() == a + b)
         spool.close()
         #expect(files(under: dir.path).isEmpty, "a closed spool that was never named must leave nothing behind")
+    }
+
+    @Test("small writes are gathered in a buffer: size, ID, content and the named file see every byte in order")
+    func spoolBuffersSmallWrites() throws {
+        let dir = TempDir("haven-spool")
+        let spool = try SpoolFile(in: dir.path)
+        var all: [UInt8] = []
+        // Sizes around the buffer's capacity: many tiny writes, one that just fits, one that just does not,
+        // one as large as the buffer (written through), and tiny ones again.
+        let cap = SpoolFile.bufferCapacity
+        var sizes = Array(repeating: 37, count: 500) + [cap - 500 * 37, 1, cap - 1, cap, 3, cap + 5]
+        sizes += (0..<300).map { 1 + ($0 * 7919) % 2000 }
+        for (i, n) in sizes.enumerated() {
+            let bytes = SeededRandom.bytes(seed: UInt64(100 + i), n)
+            try spool.write(bytes)
+            all += bytes
+            #expect(spool.size == all.count)
+        }
+        #expect(try spool.readAll() == all, "reading flushes the buffer first")
+        try spool.write([1, 2, 3])
+        all += [1, 2, 3]
+        #expect(try spool.id() == ID.hash(all), "the ID covers the bytes still buffered")
+        let target = dir.sub("named")
+        try spool.link(to: target)
+        spool.close()
+        #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: target))) == all)
     }
 
     @Test("link(to:) names the spool read-only and durable; an existing file of the same name is kept", arguments: [true, false])
@@ -61,6 +87,91 @@ struct PackSpoolTests {
         if unnamed { try again.link(to: target) }
         again.close()
         #expect(files(under: dir.path) == ["named"])
+    }
+
+    @Test("concurrent savers write into packs of their own; flush joins the partly filled ones and every blob reads back")
+    func concurrentSaversAndJoinedPacks() async throws {
+        let dir = TempDir("haven-spool")
+        let storage = LocalStorage(path: dir.sub("repo"))
+        let repo = try await Repository.initialize(storage: storage, password: "pw", kdf: .testing)
+        let packSize = 64 << 10
+        let writer = BlobWriter(repository: repo, packSize: packSize, compression: .off)
+        // 8 savers × 40 blobs of 1 to 5,000 bytes: several full packs and a partial one per saver.
+        let blobs: [[UInt8]] = (0..<320).map { SeededRandom.bytes(seed: UInt64(1000 + $0), 1 + ($0 * 7919) % 5000) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for saver in 0..<8 {
+                group.addTask {
+                    for i in stride(from: saver, to: blobs.count, by: 8) {
+                        try await writer.save(.data, plaintext: blobs[i])
+                        await Task.yield()
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        try await writer.flush()
+        #expect(writer.statistics.dataBlobs == blobs.count)
+
+        let fresh = try await Repository.open(storage: storage, password: "pw")
+        try await fresh.loadIndex()
+        for b in blobs { #expect(try await fresh.loadBlob(ID.hash(b), .data) == b) }
+
+        // Every pack's header describes exactly its bytes, and the packs left under the target size could
+        // not have been joined: any two of them together exceed it.
+        var partial: [Int] = []
+        for pack in try await storage.list(.pack) {
+            let id = try #require(ID(hex: pack.name))
+            let header = try await fresh.loadPackHeader(id, size: pack.size)
+            let content = header.reduce(0) { $0 + Int($1.length) }
+            let sorted = header.sorted { $0.offset < $1.offset }
+            #expect(sorted.first?.offset == 0)
+            for (a, b) in zip(sorted, sorted.dropFirst()) { #expect(a.offset + a.length == b.offset, "blobs are contiguous") }
+            let filled = content + header.count * PackFormat.compressedEntrySize
+            if filled < packSize { partial.append(filled) }
+        }
+        for (i, a) in partial.enumerated() {
+            for b in partial[(i + 1)...] { #expect(a + b > packSize, "two partial packs of \(a) and \(b) bytes should have been joined") }
+        }
+    }
+
+    @Test("joining partly filled packs: fewest packs within the target size, each blob's bytes at its new offset")
+    func joiningPartialPacks() async throws {
+        let dir = TempDir("haven-spool")
+        let packSize = 10_000
+        let repo = try await Repository.initialize(storage: LocalStorage(path: dir.sub("repo")), password: "pw", kdf: .testing)
+        let writer = BlobWriter(repository: repo, packSize: packSize, compression: .off)
+        // Five partial packs of 1 to 3 blobs (5000, 4500, 2500, 6000 and 800 bytes).
+        let layouts = [[3000, 2000], [4500], [1000, 1000, 500], [6000], [800]]
+        var expected: [ID: [UInt8]] = [:]
+        var packs: [BlobWriter.OpenPack] = []
+        for (p, sizes) in layouts.enumerated() {
+            var pack = BlobWriter.OpenPack(spool: try SpoolFile(in: dir.path))
+            for (b, n) in sizes.enumerated() {
+                let bytes = SeededRandom.bytes(seed: UInt64(p * 10 + b), n)
+                let id = ID.hash(bytes)
+                try pack.spool!.write(bytes)
+                pack.blobs.append(PackedBlob(id: id, type: .data, offset: UInt32(pack.size), length: UInt32(n), uncompressedLength: 0))
+                pack.size += n
+                expected[id] = bytes
+            }
+            packs.append(pack)
+        }
+        let joined = try writer.joined(packs)
+        // Largest first, each into the first pack with room (headers count: 41 bytes per blob):
+        // 6000 + 2500 + 800 and 5000 + 4500: two packs instead of five.
+        #expect(joined.map(\.size).sorted() == [9300, 9500])
+        var seen = 0
+        for pack in joined {
+            #expect(pack.size + pack.blobs.count * PackFormat.compressedEntrySize <= packSize)
+            let content = try pack.spool!.readAll()
+            #expect(content.count == pack.size)
+            for b in pack.blobs {
+                #expect(Array(content[Int(b.offset)..<Int(b.offset + b.length)]) == expected[b.id], "blob \(b.id.short) at its offset")
+                seen += 1
+            }
+            pack.spool!.close()
+        }
+        #expect(seen == expected.count)
     }
 
     @Test("a backup into a local repository writes its packs through spools: named by their hash, nothing left over")

@@ -1,5 +1,7 @@
 #ifndef HAVEN_SHIMS_H
 #define HAVEN_SHIMS_H
+#include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <sys/xattr.h>
 
@@ -21,4 +23,17 @@ int haven_signal_pipe(int sig);
 int haven_trim_code_pages(void);
 /// Fills `buffer` with `count` bytes from the kernel's CSPRNG (getrandom(2)). Returns 0, or -1 on error.
 int haven_random_bytes(void *buffer, size_t count);
+
+/// 1 when this CPU has the AES instructions the functions below use (x86-64 AES-NI with SSSE3), else 0.
+/// The other haven_aes_* functions may only be called when it returns 1.
+int haven_aes_hw_available(void);
+/// Expands a 16-byte AES-128 key into its 176-byte round-key schedule.
+void haven_aes128_expand(const uint8_t *key, uint8_t *schedule);
+/// Expands a 32-byte AES-256 key into its 240-byte round-key schedule.
+void haven_aes256_expand(const uint8_t *key, uint8_t *schedule);
+/// Encrypts one 16-byte block with an AES-128 schedule (in and out may be the same).
+void haven_aes128_encrypt_block(const uint8_t *schedule, const uint8_t *in, uint8_t *out);
+/// AES-256-CTR: XORs `length` bytes of `in` with the keystream for the 16-byte initial counter block
+/// `iv`, counting as one 128-bit big-endian integer that wraps at 2^128. `in` and `out` may be the same.
+void haven_aes256_ctr(const uint8_t *schedule, const uint8_t *iv, const uint8_t *in, uint8_t *out, size_t length);
 #endif

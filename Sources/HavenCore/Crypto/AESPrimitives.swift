@@ -1,3 +1,4 @@
+import CHavenShims
 import Crypto
 import _CryptoExtras
 import Foundation
@@ -34,6 +35,17 @@ enum AESPrimitives {
             let (low, overflow) = counterLow.addingReportingOverflow(UInt64(n / 16))
             counterLow = low
             if overflow { counterHigh &+= 1 }
+        }
+    }
+
+    /// Poly1305-AES as `poly1305AES(message:k:r:nonce:)`, with s computed by `hardware` when given.
+    static func poly1305AES(message: UnsafeRawBufferPointer, k: [UInt8], r: [UInt8], nonce: UnsafeRawBufferPointer,
+                            hardware: AESHardwareKeys?) -> (UInt64, UInt64) {
+        guard let hardware else { return poly1305AES(message: message, k: k, r: r, nonce: nonce) }
+        var s = (UInt64(0), UInt64(0))
+        withUnsafeMutableBytes(of: &s) { hardware.encryptMACBlock(nonce, into: $0) }
+        return r.withUnsafeBytes { rp in
+            withUnsafeBytes(of: &s) { sp in Poly1305.tag(message: message, r: rp, s: sp) }
         }
     }
 
@@ -77,5 +89,51 @@ enum AESPrimitives {
             nonce.withUnsafeBytes { n in poly1305AES(message: m, k: k, r: r, nonce: n) }
         }
         return Poly1305.tagBytes(t0, t1)
+    }
+}
+
+/// A master key's AES keys expanded once for the CPU's AES instructions (x86-64 AES-NI), so sealing and
+/// opening a blob costs no key schedule, no temporary buffer and no copy. `make` returns nil where the
+/// CPU has no such instructions; callers then use swift-crypto (`AESPrimitives`).
+final class AESHardwareKeys: @unchecked Sendable {  // immutable after init
+    static let available = haven_aes_hw_available() != 0
+
+    /// AES-256 round keys (15 × 16 bytes) for CTR mode, then AES-128 round keys (11 × 16) for Poly1305's s.
+    private let schedules: UnsafeMutableRawBufferPointer
+    private static let encryptionBytes = 240, macBytes = 176
+
+    static func make(encryptionKey: [UInt8], macK: [UInt8]) -> AESHardwareKeys? {
+        guard available, encryptionKey.count == 32, macK.count == 16 else { return nil }
+        return AESHardwareKeys(encryptionKey: encryptionKey, macK: macK)
+    }
+
+    private init(encryptionKey: [UInt8], macK: [UInt8]) {
+        schedules = .allocate(byteCount: Self.encryptionBytes + Self.macBytes, alignment: 16)
+        let base = schedules.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        haven_aes256_expand(encryptionKey, base)
+        haven_aes128_expand(macK, base + Self.encryptionBytes)
+    }
+
+    deinit {
+        schedules.initializeMemory(as: UInt8.self, repeating: 0)
+        schedules.deallocate()
+    }
+
+    private var base: UnsafePointer<UInt8> { UnsafePointer(schedules.baseAddress!.assumingMemoryBound(to: UInt8.self)) }
+
+    /// AES-256-CTR of `input` into `output` (same length), counter block `iv`, as `AESPrimitives.ctr`.
+    func ctr(iv: UnsafeRawBufferPointer, input: UnsafeRawBufferPointer, output: UnsafeMutableRawBufferPointer) {
+        precondition(iv.count == 16 && output.count == input.count, "AES-CTR needs a 16-byte IV and equal sizes")
+        guard input.count > 0 else { return }
+        haven_aes256_ctr(base, iv.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                         input.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                         output.baseAddress!.assumingMemoryBound(to: UInt8.self), input.count)
+    }
+
+    /// AES-128 under the MAC key k of one 16-byte block (Poly1305-AES's s = AES_k(nonce)).
+    func encryptMACBlock(_ block: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) {
+        precondition(block.count == 16 && output.count == 16, "AES block must be 16 bytes")
+        haven_aes128_encrypt_block(base + Self.encryptionBytes, block.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                   output.baseAddress!.assumingMemoryBound(to: UInt8.self))
     }
 }

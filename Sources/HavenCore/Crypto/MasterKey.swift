@@ -7,9 +7,13 @@ import Synchronization
 /// A repository's master key: AES-256-CTR encryption plus Poly1305-AES authentication, as restic.
 public struct MasterKey: Sendable, Equatable {
     /// AES-256 key for the CTR-mode encryption.
-    public var encryptionKey: [UInt8]  // 32 bytes
+    public var encryptionKey: [UInt8] {  // 32 bytes
+        didSet { hardware = AESHardwareKeys.make(encryptionKey: encryptionKey, macK: macK) }
+    }
     /// AES-128 key that encrypts the IV into Poly1305's s.
-    public var macK: [UInt8]           // 16 bytes
+    public var macK: [UInt8] {           // 16 bytes
+        didSet { hardware = AESHardwareKeys.make(encryptionKey: encryptionKey, macK: macK) }
+    }
     /// Poly1305's r. `random()` clamps it; keys read from restic may be stored unclamped, which is
     /// harmless because Poly1305 clamps r when it uses it.
     public var macR: [UInt8]           // 16 bytes, clamped as Poly1305 requires
@@ -17,9 +21,34 @@ public struct MasterKey: Sendable, Equatable {
     /// Bytes `seal` adds: 16 IV + 16 MAC.
     public static let overhead = 32
 
+    /// The two AES keys expanded for the CPU's AES instructions (nil without them, or for malformed keys).
+    private var hardware: AESHardwareKeys?
+
     /// A key from its parts (32, 16 and 16 bytes; `seal` traps and `open` throws on other sizes).
     public init(encryptionKey: [UInt8], macK: [UInt8], macR: [UInt8]) {
         self.encryptionKey = encryptionKey; self.macK = macK; self.macR = macR
+        hardware = AESHardwareKeys.make(encryptionKey: encryptionKey, macK: macK)
+    }
+
+    public static func == (a: MasterKey, b: MasterKey) -> Bool {
+        a.encryptionKey == b.encryptionKey && a.macK == b.macK && a.macR == b.macR
+    }
+
+    /// Whether sealing and opening use the CPU's AES instructions.
+    var usesAESInstructions: Bool { hardware != nil }
+
+    /// AES-256-CTR under the encryption key.
+    func ctr(iv: UnsafeRawBufferPointer, input: UnsafeRawBufferPointer, output: UnsafeMutableRawBufferPointer) {
+        if let hardware {
+            hardware.ctr(iv: iv, input: input, output: output)
+        } else {
+            AESPrimitives.ctr(key: encryptionKey, iv: iv, input: input, output: output)
+        }
+    }
+
+    /// The Poly1305-AES tag of `message` with `nonce` (the IV).
+    func tag(_ message: UnsafeRawBufferPointer, nonce: UnsafeRawBufferPointer) -> (UInt64, UInt64) {
+        AESPrimitives.poly1305AES(message: message, k: macK, r: macR, nonce: nonce, hardware: hardware)
     }
 
     /// A new key from the system's CSPRNG.
@@ -79,13 +108,13 @@ extension MasterKey {
         let iv = UnsafeRawBufferPointer(rebasing: sealed[0..<16])
         let ciphertext = UnsafeRawBufferPointer(rebasing: sealed[16..<ctEnd])
         let stored = UnsafeRawBufferPointer(rebasing: sealed[ctEnd...])
-        let (t0, t1) = AESPrimitives.poly1305AES(message: ciphertext, k: macK, r: macR, nonce: iv)
+        let (t0, t1) = tag(ciphertext, nonce: iv)
         var expected = (t0.littleEndian, t1.littleEndian)
         let ok = withUnsafeBytes(of: &expected) { Poly1305.tagsEqual($0, stored) }
         guard ok else {
             throw HavenError.corrupt("encrypted data", "MAC does not match (wrong key, or the bytes were modified)")
         }
-        AESPrimitives.ctr(key: encryptionKey, iv: iv, input: ciphertext, output: output)
+        ctr(iv: iv, input: ciphertext, output: output)
     }
 
     /// `seal` for an array.
@@ -114,9 +143,8 @@ extension MasterKey {
         iv.withUnsafeBytes { ivp in
             out.baseAddress!.copyMemory(from: ivp.baseAddress!, byteCount: 16)
             let ciphertext = UnsafeMutableRawBufferPointer(rebasing: out[16..<(16 + n)])
-            AESPrimitives.ctr(key: encryptionKey, iv: ivp, input: plaintext, output: ciphertext)
-            let (t0, t1) = AESPrimitives.poly1305AES(message: UnsafeRawBufferPointer(ciphertext),
-                                                     k: macK, r: macR, nonce: ivp)
+            ctr(iv: ivp, input: plaintext, output: ciphertext)
+            let (t0, t1) = tag(UnsafeRawBufferPointer(ciphertext), nonce: ivp)
             out.storeBytes(of: t0.littleEndian, toByteOffset: 16 + n, as: UInt64.self)
             out.storeBytes(of: t1.littleEndian, toByteOffset: 24 + n, as: UInt64.self)
         }

@@ -3,8 +3,11 @@ import Synchronization
 /// Writes new blobs into packs and packs into storage, then records them in index files.
 ///
 /// Compression and encryption run in the caller's task, so callers that save blobs concurrently use all
-/// cores. A pack is uploaded by the task whose blob filled it, which gives natural backpressure. Nothing
-/// becomes visible to readers until `flush()` has written the index files naming the uploaded packs.
+/// cores. Each caller writes into a pack of its own while it appends (an idle open pack, or a new one), so
+/// concurrent callers never wait for each other's writes; there are at most as many open packs per blob
+/// type as callers appending at once, and `flush()` joins the partly filled ones. A pack is uploaded by the
+/// task whose blob filled it, which gives natural backpressure. Nothing becomes visible to readers until
+/// `flush()` has written the index files naming the uploaded packs.
 public final class BlobWriter: Sendable {
     public let repository: Repository
     public let packSize: Int
@@ -18,7 +21,8 @@ public final class BlobWriter: Sendable {
     }
 
     struct State {
-        var open: [BlobType: OpenPack] = [:]
+        /// Open packs no caller is writing into, by blob type.
+        var idle: [BlobType: [OpenPack]] = [:]
         /// Packs stored but not yet named in an index file.
         var unindexed: [IndexFile.Pack] = []
         var unindexedBlobs = 0
@@ -79,33 +83,56 @@ public final class BlobWriter: Sendable {
     }
 
     func append(_ type: BlobType, id: ID, sealed: [UInt8], uncompressedLength: UInt32, plaintextCount: Int) async throws -> Bool {
-        let full: OpenPack? = try state.withLock { s throws(HavenError) -> OpenPack? in
-            // Take the pack out of the dictionary, so appending to its blob list does not copy the list.
-            var pack = s.open.removeValue(forKey: type) ?? OpenPack()
-            if pack.spool == nil && !dryRun {
-                do { pack.spool = try SpoolFile(in: repository.storage.spoolDirectory) } catch { throw Self.haven(error) }
-            }
-            do { try pack.spool?.write(sealed) } catch {
-                // The pack is unusable now; its blobs were never stored.
-                s.open[type] = nil
-                pack.spool?.close()
-                throw Self.haven(error)
-            }
-            pack.blobs.append(PackedBlob(id: id, type: type, offset: UInt32(pack.size), length: UInt32(sealed.count), uncompressedLength: uncompressedLength))
-            pack.size += sealed.count
+        // Take an idle pack (moved out, so appending to its blob list does not copy the list) and write
+        // into it without holding the lock.
+        var pack = state.withLock { $0.idle[type]?.popLast() } ?? OpenPack()
+        if pack.spool == nil && !dryRun {
+            do { pack.spool = try SpoolFile(in: repository.storage.spoolDirectory) } catch { throw Self.haven(error) }
+        }
+        do { try pack.spool?.write(sealed) } catch {
+            // The pack is unusable now; its blobs were never stored.
+            pack.spool?.close()
+            throw Self.haven(error)
+        }
+        pack.blobs.append(PackedBlob(id: id, type: type, offset: UInt32(pack.size), length: UInt32(sealed.count), uncompressedLength: uncompressedLength))
+        pack.size += sealed.count
+        // Count the header too, so a pack of many tiny blobs stays near the target size.
+        let full = pack.size + pack.blobs.count * PackFormat.compressedEntrySize >= packSize
+        let idle: OpenPack? = full ? nil : pack
+        state.withLock { s in
             if type == .data { s.stats.dataBlobs += 1 } else { s.stats.treeBlobs += 1 }
             s.stats.bytesAdded += UInt64(plaintextCount)
             s.stats.bytesStored += UInt64(sealed.count)
-            // Count the header too, so a pack of many tiny blobs stays near the target size.
-            if pack.size + pack.blobs.count * PackFormat.compressedEntrySize >= packSize {
-                s.open[type] = nil
-                return pack
-            }
-            s.open[type] = pack
-            return nil
+            if let idle { s.idle[type, default: []].append(idle) }
         }
-        if let full { try await upload(full) }
+        if full { try await upload(pack) }
         return true
+    }
+
+    /// Joins partly filled packs of one type, smallest first into the largest that has room, so a backup
+    /// ends with as few small packs as one writer would leave. Copies sealed blobs as they are.
+    func joined(_ packs: [OpenPack]) throws -> [OpenPack] {
+        var out: [OpenPack] = []
+        for pack in packs.sorted(by: { $0.size > $1.size }) {
+            let room = { (p: OpenPack) in
+                p.size + pack.size + (p.blobs.count + pack.blobs.count) * PackFormat.compressedEntrySize <= self.packSize
+            }
+            guard let i = out.firstIndex(where: room) else {
+                out.append(pack)
+                continue
+            }
+            if let target = out[i].spool, let source = pack.spool {  // none in a dry run
+                do { try target.append(contentsOf: source) } catch { throw Self.haven(error) }
+                source.close()
+            }
+            let base = UInt32(out[i].size)
+            for var b in pack.blobs {
+                b.offset += base
+                out[i].blobs.append(b)
+            }
+            out[i].size += pack.size
+        }
+        return out
     }
 
     static func haven(_ error: any Error) -> HavenError {
@@ -164,13 +191,14 @@ public final class BlobWriter: Sendable {
     /// Uploads the partly filled packs and writes the index files for everything stored. Call before
     /// saving anything that refers to the new blobs (a snapshot).
     public func flush() async throws {
-        let packs = state.withLock { s -> [OpenPack] in
-            let p = Array(s.open.values.filter { !$0.blobs.isEmpty })
-            for empty in s.open.values where empty.blobs.isEmpty { empty.spool?.close() }
-            s.open = [:]
-            return p
+        let idle = state.withLock { s -> [[OpenPack]] in
+            defer { s.idle = [:] }
+            return BlobType.allCases.compactMap { s.idle[$0] }
         }
-        for p in packs { try await upload(p) }
+        for packs in idle {
+            for empty in packs where empty.blobs.isEmpty { empty.spool?.close() }
+            for p in try joined(packs.filter { !$0.blobs.isEmpty }) { try await upload(p) }
+        }
         try await writeIndex()
     }
 }

@@ -1,5 +1,5 @@
 /// Data blobs hold file content; tree blobs hold directory listings. They never share a pack.
-public enum BlobType: String, Sendable, Hashable {
+public enum BlobType: String, Sendable, Hashable, CaseIterable {
     case data, tree
 }
 

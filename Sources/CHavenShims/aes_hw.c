@@ -1,0 +1,146 @@
+// AES with the x86-64 AES instructions (AES-NI), for the two uses of restic's format: AES-256 in CTR
+// mode over blob contents, and AES-128 on one block (Poly1305-AES's s = AES_k(nonce)). The key
+// schedules follow the key expansion of FIPS-197 computed with AESKEYGENASSIST, as described in Intel's
+// "Advanced Encryption Standard (AES) New Instructions Set" white paper. Callers check
+// haven_aes_hw_available() first; elsewhere the functions are not called (Swift falls back to
+// swift-crypto).
+#include "CHavenShims.h"
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+
+int haven_aes_hw_available(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    return (c & bit_AES) != 0 && (c & bit_SSSE3) != 0;
+}
+
+#define HW __attribute__((target("aes,ssse3")))
+
+// Folds the previous round key's words: w0, w0^w1, w0^w1^w2, w0^w1^w2^w3.
+HW static inline __m128i fold(__m128i k) {
+    k = _mm_xor_si128(k, _mm_slli_si128(k, 4));
+    k = _mm_xor_si128(k, _mm_slli_si128(k, 4));
+    return _mm_xor_si128(k, _mm_slli_si128(k, 4));
+}
+
+#define EXPAND128(prev, rcon) \
+    _mm_xor_si128(fold(prev), _mm_shuffle_epi32(_mm_aeskeygenassist_si128(prev, rcon), 0xff))
+
+HW void haven_aes128_expand(const uint8_t *key, uint8_t *schedule) {
+    __m128i *rk = (__m128i *)schedule;
+    __m128i k = _mm_loadu_si128((const __m128i *)key);
+    _mm_storeu_si128(rk + 0, k);
+    k = EXPAND128(k, 0x01); _mm_storeu_si128(rk + 1, k);
+    k = EXPAND128(k, 0x02); _mm_storeu_si128(rk + 2, k);
+    k = EXPAND128(k, 0x04); _mm_storeu_si128(rk + 3, k);
+    k = EXPAND128(k, 0x08); _mm_storeu_si128(rk + 4, k);
+    k = EXPAND128(k, 0x10); _mm_storeu_si128(rk + 5, k);
+    k = EXPAND128(k, 0x20); _mm_storeu_si128(rk + 6, k);
+    k = EXPAND128(k, 0x40); _mm_storeu_si128(rk + 7, k);
+    k = EXPAND128(k, 0x80); _mm_storeu_si128(rk + 8, k);
+    k = EXPAND128(k, 0x1b); _mm_storeu_si128(rk + 9, k);
+    k = EXPAND128(k, 0x36); _mm_storeu_si128(rk + 10, k);
+}
+
+// AES-256: even round keys use RotWord+SubWord+Rcon of the previous odd key's last word, odd round keys
+// SubWord only of the previous even key's last word.
+#define EXPAND256_EVEN(even, odd, rcon) \
+    _mm_xor_si128(fold(even), _mm_shuffle_epi32(_mm_aeskeygenassist_si128(odd, rcon), 0xff))
+#define EXPAND256_ODD(odd, even) \
+    _mm_xor_si128(fold(odd), _mm_shuffle_epi32(_mm_aeskeygenassist_si128(even, 0x00), 0xaa))
+
+HW void haven_aes256_expand(const uint8_t *key, uint8_t *schedule) {
+    __m128i *rk = (__m128i *)schedule;
+    __m128i a = _mm_loadu_si128((const __m128i *)key);
+    __m128i b = _mm_loadu_si128((const __m128i *)(key + 16));
+    _mm_storeu_si128(rk + 0, a);
+    _mm_storeu_si128(rk + 1, b);
+    a = EXPAND256_EVEN(a, b, 0x01); _mm_storeu_si128(rk + 2, a);
+    b = EXPAND256_ODD(b, a);        _mm_storeu_si128(rk + 3, b);
+    a = EXPAND256_EVEN(a, b, 0x02); _mm_storeu_si128(rk + 4, a);
+    b = EXPAND256_ODD(b, a);        _mm_storeu_si128(rk + 5, b);
+    a = EXPAND256_EVEN(a, b, 0x04); _mm_storeu_si128(rk + 6, a);
+    b = EXPAND256_ODD(b, a);        _mm_storeu_si128(rk + 7, b);
+    a = EXPAND256_EVEN(a, b, 0x08); _mm_storeu_si128(rk + 8, a);
+    b = EXPAND256_ODD(b, a);        _mm_storeu_si128(rk + 9, b);
+    a = EXPAND256_EVEN(a, b, 0x10); _mm_storeu_si128(rk + 10, a);
+    b = EXPAND256_ODD(b, a);        _mm_storeu_si128(rk + 11, b);
+    a = EXPAND256_EVEN(a, b, 0x20); _mm_storeu_si128(rk + 12, a);
+    b = EXPAND256_ODD(b, a);        _mm_storeu_si128(rk + 13, b);
+    a = EXPAND256_EVEN(a, b, 0x40); _mm_storeu_si128(rk + 14, a);
+}
+
+HW void haven_aes128_encrypt_block(const uint8_t *schedule, const uint8_t *in, uint8_t *out) {
+    const __m128i *rk = (const __m128i *)schedule;
+    __m128i x = _mm_xor_si128(_mm_loadu_si128((const __m128i *)in), _mm_loadu_si128(rk));
+    for (int r = 1; r < 10; r++) x = _mm_aesenc_si128(x, _mm_loadu_si128(rk + r));
+    x = _mm_aesenclast_si128(x, _mm_loadu_si128(rk + 10));
+    _mm_storeu_si128((__m128i *)out, x);
+}
+
+// The counter block for counter value (hi, lo), stored big-endian: byte 0 is the top byte of hi.
+HW static inline __m128i counter_block(uint64_t hi, uint64_t lo) {
+    return _mm_set_epi64x((long long)__builtin_bswap64(lo), (long long)__builtin_bswap64(hi));
+}
+
+HW void haven_aes256_ctr(const uint8_t *schedule, const uint8_t *iv, const uint8_t *in, uint8_t *out, size_t length) {
+    __m128i rk[15];
+    for (int r = 0; r < 15; r++) rk[r] = _mm_loadu_si128((const __m128i *)schedule + r);
+    uint64_t hi, lo;
+    memcpy(&hi, iv, 8);
+    memcpy(&lo, iv + 8, 8);
+    hi = __builtin_bswap64(hi);
+    lo = __builtin_bswap64(lo);
+    // The counter is one 128-bit big-endian integer, incremented per block and wrapping at 2^128.
+#define NEXT() do { if (++lo == 0) hi++; } while (0)
+    size_t done = 0;
+    while (length - done >= 128) {
+        __m128i x[8];
+        for (int i = 0; i < 8; i++) {
+            x[i] = _mm_xor_si128(counter_block(hi, lo), rk[0]);
+            NEXT();
+        }
+        for (int r = 1; r < 14; r++) {
+            for (int i = 0; i < 8; i++) x[i] = _mm_aesenc_si128(x[i], rk[r]);
+        }
+        for (int i = 0; i < 8; i++) {
+            x[i] = _mm_aesenclast_si128(x[i], rk[14]);
+            __m128i p = _mm_loadu_si128((const __m128i *)(in + done) + i);
+            _mm_storeu_si128((__m128i *)(out + done) + i, _mm_xor_si128(p, x[i]));
+        }
+        done += 128;
+    }
+    while (done < length) {
+        __m128i x = _mm_xor_si128(counter_block(hi, lo), rk[0]);
+        NEXT();
+        for (int r = 1; r < 14; r++) x = _mm_aesenc_si128(x, rk[r]);
+        x = _mm_aesenclast_si128(x, rk[14]);
+        size_t n = length - done < 16 ? length - done : 16;
+        if (n == 16) {
+            _mm_storeu_si128((__m128i *)(out + done), _mm_xor_si128(_mm_loadu_si128((const __m128i *)(in + done)), x));
+        } else {
+            uint8_t ks[16];
+            _mm_storeu_si128((__m128i *)ks, x);
+            for (size_t i = 0; i < n; i++) out[done + i] = in[done + i] ^ ks[i];
+        }
+        done += n;
+    }
+#undef NEXT
+}
+
+#else
+
+int haven_aes_hw_available(void) { return 0; }
+void haven_aes128_expand(const uint8_t *key, uint8_t *schedule) { (void)key; (void)schedule; __builtin_trap(); }
+void haven_aes256_expand(const uint8_t *key, uint8_t *schedule) { (void)key; (void)schedule; __builtin_trap(); }
+void haven_aes128_encrypt_block(const uint8_t *schedule, const uint8_t *in, uint8_t *out) {
+    (void)schedule; (void)in; (void)out; __builtin_trap();
+}
+void haven_aes256_ctr(const uint8_t *schedule, const uint8_t *iv, const uint8_t *in, uint8_t *out, size_t length) {
+    (void)schedule; (void)iv; (void)in; (void)out; (void)length; __builtin_trap();
+}
+
+#endif
