@@ -186,6 +186,9 @@ def main(outdir, results_md):
                f"corpora: {meta.get('corpora', '?')}; total run time {meta.get('elapsed', '?')}")
     out.append("- Page cache warm: each tool gets a fresh copy of the corpus at the same path, read once before its "
                "first backup (and again after the change to the next version).")
+    out.append("- Order: each round runs the tools in turn on a corpus, starting with the next tool each round (file "
+               "creation right after mass deletion is slow on this machine's filesystem, and that cost falls on "
+               "whichever tool comes first).")
     cells = "- Cells are `wall / CPU (user+sys) / peak RSS`"
     if s3:
         cells += (" of the client only; a second table per corpus gives, for each step, the S3 requests SeaweedFS "

@@ -58,7 +58,7 @@ else
 fi
 [ -n "$CORPORA" ] || die "--corpus needs at least one name (known: source binaries random tiny million)"
 
-# Tools, always run in the order haven restic borg whatever the order given.
+# Tools, kept in the order haven restic borg whatever the order given (each round starts one later: `rotated`).
 if [ "$TOOLS_SET" = 1 ]; then
     [ -n "${TOOLS_FILTER//,/}" ] || die "--tools needs at least one of haven, restic, borg"
     for t in ${TOOLS_FILTER//,/ }; do
@@ -461,6 +461,16 @@ run_steps() {
     if timed "$round" "$corpus" "$tool" forget_prune "${CMD[@]}"; then record_size "$round" "$corpus" "$tool" after_prune "$repo"; fi
 }
 
+# rotated ROUND TOOL...: the tools in an order that starts one later each round. Creating many files
+# right after many were deleted is slow on some filesystems (ext4 without a journal skips inodes freed in
+# the last minutes, one by one), and the tool that runs first on a corpus follows the previous corpus's
+# deletions: rotating shares that among the tools, and the median drops it.
+rotated() {
+    local round=$1; shift
+    local tools=("$@") n=$# k=0
+    for ((k = 0; k < n; k++)); do printf '%s\n' "${tools[$(( (k + round - 1) % n ))]}"; done
+}
+
 # --------------------------------------------------------------------------------------------- main
 mkdir -p "$BENCH_DIR"
 START=$SECONDS
@@ -502,7 +512,7 @@ done
 
 for round in $(seq 1 "$ROUNDS"); do
     for c in $CORPORA; do
-        for tool in $TOOLS; do run_tool "$round" "$c" "$tool"; done
+        for tool in $(rotated "$round" $TOOLS); do run_tool "$round" "$c" "$tool"; done
     done
 done
 
