@@ -46,11 +46,15 @@ HW void haven_aes128_expand(const uint8_t *key, uint8_t *schedule) {
 }
 
 // AES-256: even round keys use RotWord+SubWord+Rcon of the previous odd key's last word, odd round keys
-// SubWord only of the previous even key's last word.
+// SubWord only of the previous even key's last word. EXPAND256_PAIR stores round keys i and i + 1.
 #define EXPAND256_EVEN(even, odd, rcon) \
     _mm_xor_si128(fold(even), _mm_shuffle_epi32(_mm_aeskeygenassist_si128(odd, rcon), 0xff))
 #define EXPAND256_ODD(odd, even) \
     _mm_xor_si128(fold(odd), _mm_shuffle_epi32(_mm_aeskeygenassist_si128(even, 0x00), 0xaa))
+#define EXPAND256_PAIR(i, rcon) do { \
+        a = EXPAND256_EVEN(a, b, rcon); _mm_storeu_si128(rk + (i), a); \
+        b = EXPAND256_ODD(b, a);        _mm_storeu_si128(rk + (i) + 1, b); \
+    } while (0)
 
 HW void haven_aes256_expand(const uint8_t *key, uint8_t *schedule) {
     __m128i *rk = (__m128i *)schedule;
@@ -58,18 +62,12 @@ HW void haven_aes256_expand(const uint8_t *key, uint8_t *schedule) {
     __m128i b = _mm_loadu_si128((const __m128i *)(key + 16));
     _mm_storeu_si128(rk + 0, a);
     _mm_storeu_si128(rk + 1, b);
-    a = EXPAND256_EVEN(a, b, 0x01); _mm_storeu_si128(rk + 2, a);
-    b = EXPAND256_ODD(b, a);        _mm_storeu_si128(rk + 3, b);
-    a = EXPAND256_EVEN(a, b, 0x02); _mm_storeu_si128(rk + 4, a);
-    b = EXPAND256_ODD(b, a);        _mm_storeu_si128(rk + 5, b);
-    a = EXPAND256_EVEN(a, b, 0x04); _mm_storeu_si128(rk + 6, a);
-    b = EXPAND256_ODD(b, a);        _mm_storeu_si128(rk + 7, b);
-    a = EXPAND256_EVEN(a, b, 0x08); _mm_storeu_si128(rk + 8, a);
-    b = EXPAND256_ODD(b, a);        _mm_storeu_si128(rk + 9, b);
-    a = EXPAND256_EVEN(a, b, 0x10); _mm_storeu_si128(rk + 10, a);
-    b = EXPAND256_ODD(b, a);        _mm_storeu_si128(rk + 11, b);
-    a = EXPAND256_EVEN(a, b, 0x20); _mm_storeu_si128(rk + 12, a);
-    b = EXPAND256_ODD(b, a);        _mm_storeu_si128(rk + 13, b);
+    EXPAND256_PAIR(2, 0x01);
+    EXPAND256_PAIR(4, 0x02);
+    EXPAND256_PAIR(6, 0x04);
+    EXPAND256_PAIR(8, 0x08);
+    EXPAND256_PAIR(10, 0x10);
+    EXPAND256_PAIR(12, 0x20);
     a = EXPAND256_EVEN(a, b, 0x40); _mm_storeu_si128(rk + 14, a);
 }
 

@@ -109,8 +109,8 @@ public final class BlobWriter: Sendable {
         return true
     }
 
-    /// Joins partly filled packs of one type, smallest first into the largest that has room, so a backup
-    /// ends with as few small packs as one writer would leave. Copies sealed blobs as they are.
+    /// Joins partly filled packs of one type, largest first, each into the first joined pack with room, so
+    /// a backup ends with about as few small packs as one writer would leave. Copies sealed blobs as they are.
     func joined(_ packs: [OpenPack]) throws -> [OpenPack] {
         var out: [OpenPack] = []
         for pack in packs.sorted(by: { $0.size > $1.size }) {
@@ -195,9 +195,9 @@ public final class BlobWriter: Sendable {
             defer { s.idle = [:] }
             return BlobType.allCases.compactMap { s.idle[$0] }
         }
+        // An idle pack always holds at least one blob: `append` only parks a pack after writing into it.
         for packs in idle {
-            for empty in packs where empty.blobs.isEmpty { empty.spool?.close() }
-            for p in try joined(packs.filter { !$0.blobs.isEmpty }) { try await upload(p) }
+            for p in try joined(packs) { try await upload(p) }
         }
         try await writeIndex()
     }

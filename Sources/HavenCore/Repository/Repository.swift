@@ -130,8 +130,10 @@ public final class Repository: Sendable {
 
     // MARK: Index
 
-    /// Loads every index file into `index`, several at a time, then sorts the index.
-    public func loadIndex() async throws {
+    /// Loads every index file into `index`, several at a time, then sorts the index. Returns how many
+    /// index files there are.
+    @discardableResult
+    public func loadIndex() async throws -> Int {
         let files = try await storage.list(.index)
         try await forEachConcurrently(files, limit: 4) { f in
             guard let id = ID(hex: f.name) else { return }
@@ -139,6 +141,7 @@ public final class Repository: Sendable {
             self.index.add(file)
         }
         index.finishLoading()
+        return files.count
     }
 
     // MARK: Blobs

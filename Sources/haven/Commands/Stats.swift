@@ -117,8 +117,7 @@ struct Stats: AsyncParsableCommand {
     /// Loads every index file and tells what the in-memory index holds and how much memory it takes:
     /// the figure that decides whether a repository fits a small machine.
     func reportIndex(_ repo: Repository) async throws {
-        let indexFiles = try await repo.storage.list(.index).count
-        try await withRepositoryLock(repo, exclusive: false, global: global, readOnly: true) { (_: Lock?) in
+        let indexFiles = try await withRepositoryLock(repo, exclusive: false, global: global, readOnly: true) { (_: Lock?) in
             try await repo.loadIndex()
         }
         let index = repo.index
