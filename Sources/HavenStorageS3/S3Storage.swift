@@ -73,24 +73,40 @@ public final class S3Storage: Storage, @unchecked Sendable {
     // MARK: Storage
 
     public func create() async throws {
-        let head = try await send(.HEAD, key: nil, what: "bucket \(endpoint.bucket)")
-        switch head.status {
-        case 200:
-            break
-        case 404:
-            var body: [UInt8] = []
-            if endpoint.region != "us-east-1" {
-                body = Array("<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><LocationConstraint>\(S3XML.escape(endpoint.region))</LocationConstraint></CreateBucketConfiguration>".utf8)
-            }
-            let r = try await send(.PUT, key: nil, body: body[...], what: "creating bucket \(endpoint.bucket)")
-            if r.status != 200 && !(r.status == 409 && r.errorCode == "BucketAlreadyOwnedByYou") {
-                throw failure(r, "creating bucket \(endpoint.bucket)")
-            }
-        default:
-            throw failure(head, "bucket \(endpoint.bucket)")
-        }
+        try await ensureBucket()
         if try await exists(.config) {
             throw HavenError(.invalidArgument, "a repository already exists at \(location): config file found; choose another location")
+        }
+    }
+
+    /// Makes sure the bucket exists, creating it when missing. Another client may be creating the same bucket
+    /// at the same moment (two repositories under one new bucket, initialised together): servers then answer
+    /// the PUT with 409 OperationAborted, or (SeaweedFS) with 404 NoSuchBucket while the other creation is
+    /// under way. Those answers are retried from the HEAD a few times before they count as failures.
+    private func ensureBucket() async throws {
+        var attempt = 0
+        while true {
+            attempt += 1
+            let head = try await send(.HEAD, key: nil, what: "bucket \(endpoint.bucket)")
+            switch head.status {
+            case 200:
+                return
+            case 404:
+                var body: [UInt8] = []
+                if endpoint.region != "us-east-1" {
+                    body = Array("<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><LocationConstraint>\(S3XML.escape(endpoint.region))</LocationConstraint></CreateBucketConfiguration>".utf8)
+                }
+                let r = try await send(.PUT, key: nil, body: body[...], what: "creating bucket \(endpoint.bucket)")
+                if r.status == 200 || (r.status == 409 && r.errorCode == "BucketAlreadyOwnedByYou") { return }
+                let racing = r.status == 404 || (r.status == 409 && r.errorCode == "OperationAborted")
+                if racing && attempt < maxAttempts {
+                    try await backoff(attempt)
+                    continue
+                }
+                throw failure(r, "creating bucket \(endpoint.bucket)")
+            default:
+                throw failure(head, "bucket \(endpoint.bucket)")
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import HavenCore
+import HavenStorageS3
 import HavenTestSupport
 import Testing
 
@@ -89,5 +90,29 @@ struct FaultTests {
         // Five retries with full-jitter backoff capped at 0.25, 0.5, 1, 2 and 4 s.
         #expect(elapsed < 30, "took \(elapsed) s")
         #expect(proxy.connections >= 6)
+    }
+
+    @Test("creating a bucket retries a 404 answer from a concurrent creation, and the bucket is then made")
+    func bucketCreationRace() async throws {
+        let t = try Tools()
+        // Connection 1 carries the bucket HEAD, connection 2 the PUT: both answered 404 NoSuchBucket, as
+        // SeaweedFS does while another client is creating the same bucket. Later connections are forwarded.
+        let proxy = try FaultProxy(upstreamPort: t.server.s3Port) { $0 <= 2 ? .httpError(status: 404, code: "NoSuchBucket") : .none }
+        defer { proxy.stop() }
+        let bucket = "haven-race-" + UUID().uuidString.lowercased().prefix(8)
+        var env = t.server.environment
+        env["AWS_DEFAULT_REGION"] = "us-east-1"
+        func storage(_ endpoint: String) throws -> S3Storage {
+            S3Storage(location: try S3Location.parse("s3:\(endpoint)/\(bucket)/repo", environment: env),
+                      credentials: try S3Credentials.fromEnvironment(env))
+        }
+        let viaProxy = try storage("http://127.0.0.1:\(proxy.port)")
+        try await viaProxy.create()
+        try await viaProxy.shutdown()
+        #expect(proxy.connections >= 3, "the PUT's 404 should have been retried on a new connection")
+        let direct = try storage(t.server.endpoint)
+        try await direct.save(.config, [1])
+        #expect(try await direct.load(.config) == [1], "the bucket should exist on the server")
+        try await direct.shutdown()
     }
 }
