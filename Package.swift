@@ -19,10 +19,11 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
-        .target(name: "CHavenShims"),
+        // Optimised in every configuration, like HavenKDF: scrypt's and the ciphers' vector code is far slower unoptimised.
+        .target(name: "CHavenShims", cSettings: [.unsafeFlags(["-O2"])]),
         // scrypt's Salsa20/8 mixing, optimised in every configuration: debug builds of it are ~30× slower
         // and every test that derives a key would pay for that.
-        .target(name: "HavenKDF", swiftSettings: [.unsafeFlags(["-O"])]),
+        .target(name: "HavenKDF", dependencies: ["CHavenShims"], swiftSettings: [.unsafeFlags(["-O"])]),
         // The engine: repository format, archiver, restorer, check, prune, local storage. No server stack.
         .target(
             name: "HavenCore",

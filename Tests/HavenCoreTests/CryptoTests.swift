@@ -206,6 +206,26 @@ extension CryptoTests {
             }
         }
 
+        /// The vector code (AVX2 or AVX-512 IFMA) against the 64-bit code: every length from the hand-over
+        /// threshold to 2,100 bytes, and long messages, with random and all-ones keys and messages.
+        @Test(.enabled(if: Poly1305.usesVectorUnits, "the CPU has neither AVX2 nor AVX-512 IFMA"))
+        func vectorCodeAgreesWith64BitCode() {
+            var rng = SplitMix(state: 0x4242)
+            let lengths = Array(Poly1305.vectorThreshold...2100) + [65_536 + 7, (1 << 20) + 13, 4 << 20]
+            for (index, length) in lengths.enumerated() {
+                let extreme = index % 5 == 0
+                let key = extreme ? [UInt8](repeating: 0xff, count: 32) : rng.bytes(32)
+                let message = index % 7 == 0 ? [UInt8](repeating: 0xff, count: length) : rng.bytes(length)
+                let (vector, scalar) = message.withUnsafeBytes { m in
+                    key.withUnsafeBytes { k in
+                        let r = UnsafeRawBufferPointer(rebasing: k[0..<16]), s = UnsafeRawBufferPointer(rebasing: k[16..<32])
+                        return (Poly1305.tag(message: m, r: r, s: s), Poly1305.tag(message: m, r: r, s: s, vector: false))
+                    }
+                }
+                #expect(vector == scalar, "length \(length)")
+            }
+        }
+
         /// Poly1305-AES test vectors from Bernstein's paper (as used in restic's crypto tests).
         static let poly1305AES: [(msg: String, r: String, k: String, nonce: String, mac: String)] = [
             ("f3f6", "851fc40c3467ac0be05cc20404f3f700", "ec074c835580741701425b623235add6",
@@ -526,14 +546,14 @@ extension CryptoTests {
                 + "d5432955613f0fcf62d49705242a9af9e61e85dc0d651e40dfcf017b45575887")
         }
 
-        /// The 16 lanes of the third RFC vector on 1, 2 and 4 threads: 2 and 4 threads store every 2nd
-        /// and 4th table block and recompute the rest, which must not change the result.
+        /// The 16 lanes of the third RFC vector on the portable path with 1, 2 and 4 threads: 2 and 4
+        /// threads store every 2nd and 4th table block and recompute the rest, which must not change the result.
         @Test(arguments: [1, 2, 4])
         func scryptThreadsAndSparseTables(threads: Int) throws {
             #expect(Scrypt.threadCount(n: 1024, p: 16, maxThreads: threads) == threads)
             let out = try Scrypt.derive(password: Array("password".utf8), salt: Array("NaCl".utf8),
                                         parameters: KDFParameters(n: 1024, r: 8, p: 16), outputByteCount: 64,
-                                        maxThreads: threads)
+                                        maxThreads: threads, hardware: false)
             #expect(toHex(out) == "fdbabe1c9d3472007856e7190d01e9fe7c6ad7cbc8237830e77376634b373162"
                 + "2eaf30d92e22a3886ff109279d9830dac727afb94a83ee6d8360cbdfa2cc0640")
         }
@@ -558,13 +578,31 @@ extension CryptoTests {
                 let salt = (0..<Int.random(in: 1...80, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
                 let length = Int.random(in: 1...200, using: &rng)
                 let threads = [1, 2, 3, 4][round % 4]
+                let hardware = round % 2 == 0  // the AVX-512 path where the CPU has it, and the portable one
                 let ours = try Scrypt.derive(password: password, salt: salt, parameters: KDFParameters(n: n, r: r, p: p),
-                                             outputByteCount: length, maxThreads: threads)
+                                             outputByteCount: length, maxThreads: threads, hardware: hardware)
                 let theirs = try password.withUnsafeBytes { buffer in
                     try KDF.Scrypt.deriveKey(from: buffer, salt: salt, outputByteCount: length, rounds: n, blockSize: r,
                                              parallelism: p, maxMemory: 1 << 28).withUnsafeBytes { Array($0) }
                 }
-                #expect(ours == theirs, "N=\(n) r=\(r) p=\(p) length=\(length) threads=\(threads)")
+                #expect(ours == theirs, "N=\(n) r=\(r) p=\(p) length=\(length) threads=\(threads) hardware=\(hardware)")
+            }
+        }
+
+        /// The AVX-512 lanes (one to four per call, tables keeping every k-th block, k not always dividing N)
+        /// against the portable path with a full table, on random lanes.
+        @Test(.enabled(if: ScryptMix.usesAVX512, "the CPU has no AVX-512"), arguments: [1, 2, 3, 4])
+        func scryptAVX512AgreesWithPortable(lanes count: Int) {
+            var rng = SystemRandomNumberGenerator()
+            for storeEvery in [1, 2, 3, 4, 5, 7] {
+                let r = Int.random(in: 1...8, using: &rng), n = 1 << Int.random(in: 1...10, using: &rng)
+                let input = (0..<(count * 128 * r)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                var portable = input, wide = input
+                portable.withUnsafeMutableBytes { ScryptMix.mixLanes($0, n: n, r: r, threads: 1, hardware: false) }
+                let done = wide.withUnsafeMutableBytes { ScryptMix.mixLanesAVX512($0, n: n, r: r, storeEvery: storeEvery) }
+                #expect(done)
+                #expect(wide == portable, "lanes=\(count) N=\(n) r=\(r) every \(storeEvery)")
+                #expect(wide != input)
             }
         }
 

@@ -36,4 +36,23 @@ void haven_aes128_encrypt_block(const uint8_t *schedule, const uint8_t *in, uint
 /// AES-256-CTR: XORs `length` bytes of `in` with the keystream for the 16-byte initial counter block
 /// `iv`, counting as one 128-bit big-endian integer that wraps at 2^128. `in` and `out` may be the same.
 void haven_aes256_ctr(const uint8_t *schedule, const uint8_t *iv, const uint8_t *in, uint8_t *out, size_t length);
+
+/// 1 when the CPU and OS run AVX-512F (haven_scrypt_romix_avx512 may be called), else 0.
+int haven_scrypt_avx512_available(void);
+/// scrypt's ROMix (RFC 7914) of `count` (1 to 4) lanes of 128·r bytes each, back to back at `lanes`, in
+/// place, all at once on AVX-512F. Each lane's table keeps every `store_every`-th block (memory:
+/// count·ceil(n/store_every)·128·r bytes). n must be a power of two. Returns 0, or -1 when the
+/// arguments are out of range or memory is short (the lanes are then unchanged or partly mixed).
+int haven_scrypt_romix_avx512(uint8_t *lanes, int count, uint32_t n, uint32_t r, uint32_t store_every);
+
+/// 1 when this CPU can run haven_poly1305_mac's AVX2 path (x86-64 with AVX2), else 0.
+int haven_poly1305_avx2_available(void);
+/// 1 when this CPU can run haven_poly1305_mac's AVX-512 IFMA path (x86-64 with AVX-512F and IFMA, and
+/// the OS saving the 512-bit state), else 0. haven_poly1305_mac prefers it to the AVX2 path.
+int haven_poly1305_avx512_available(void);
+/// Poly1305 tag of `message` (length bytes) under the 32-byte one-time key r||s given as r (16 bytes,
+/// clamped inside this function per RFC 8439) and s (16 bytes); writes 16 bytes to tag.
+/// Uses AVX-512 IFMA or AVX2 for the bulk when available and the message is long enough to pay for it
+/// (256 and 384 bytes), a portable 64-bit scalar path otherwise. Any CPU, any architecture.
+void haven_poly1305_mac(const uint8_t *message, size_t length, const uint8_t r[16], const uint8_t s[16], uint8_t tag[16]);
 #endif

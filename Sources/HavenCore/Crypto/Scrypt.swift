@@ -7,10 +7,11 @@ import HavenKDF
 enum Scrypt {
     static let maxN = 1 << 20
 
-    /// scrypt(password, salt, N, r, p) → `outputByteCount` bytes. Throws `.invalidArgument` for
+    /// scrypt(password, salt, N, r, p) → `outputByteCount` bytes (`hardware: false` keeps the lanes off
+    /// AVX-512, for tests of the portable path). Throws `.invalidArgument` for
     /// parameters `KDFParameters.problem` rejects, an empty salt, or an output size outside 1...4096.
     static func derive(password: [UInt8], salt: [UInt8], parameters: KDFParameters, outputByteCount: Int,
-                       maxThreads: Int = defaultThreads) throws -> [UInt8] {
+                       maxThreads: Int = defaultThreads, hardware: Bool = true) throws -> [UInt8] {
         if let problem = parameters.problem { throw HavenError(.invalidArgument, problem) }
         guard !salt.isEmpty else { throw HavenError(.invalidArgument, "scrypt salt must not be empty") }
         guard (1...4096).contains(outputByteCount) else {
@@ -20,7 +21,7 @@ enum Scrypt {
         var lanes = pbkdf2SHA256(password: password, salt: salt, count: parameters.p * laneBytes)
         let threads = threadCount(n: parameters.n, p: parameters.p, maxThreads: maxThreads)
         lanes.withUnsafeMutableBytes { buffer in
-            ScryptMix.mixLanes(buffer, n: parameters.n, r: parameters.r, threads: threads)
+            ScryptMix.mixLanes(buffer, n: parameters.n, r: parameters.r, threads: threads, hardware: hardware)
         }
         return pbkdf2SHA256(password: password, salt: lanes, count: outputByteCount)
     }

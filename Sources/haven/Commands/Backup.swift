@@ -4,6 +4,7 @@ import HavenCore
 
 struct Backup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "backup",
         abstract: "Back up files and directories into a new snapshot.",
         discussion: """
         Files whose size, mtime, ctime and inode match the parent snapshot (the latest snapshot of the same \

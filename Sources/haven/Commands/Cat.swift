@@ -4,6 +4,7 @@ import HavenCore
 
 struct Cat: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "cat",
         abstract: "Print the decrypted contents of a repository object.",
         discussion: """
         TYPE is one of:

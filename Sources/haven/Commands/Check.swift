@@ -4,6 +4,7 @@ import HavenCore
 
 struct Check: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "check",
         abstract: "Check the repository for errors.",
         discussion: """
         Without options, checks the structure: index files, packs present with the right sizes, every \

@@ -4,6 +4,7 @@ import HavenCore
 
 struct Copy: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "copy",
         abstract: "Copy snapshots from another repository.",
         discussion: """
         Copies the given snapshots (all when none are given; --host, --tag and --path narrow them) from \

@@ -4,6 +4,7 @@ import HavenCore
 
 struct Diff: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "diff",
         abstract: "Show what changed between two snapshots.",
         discussion: """
         Compares SNAPSHOT_A (before) with SNAPSHOT_B (after) and prints one line per changed entry:

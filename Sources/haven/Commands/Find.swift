@@ -4,6 +4,7 @@ import HavenCore
 
 struct Find: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "find",
         abstract: "Find files and directories in snapshots.",
         discussion: """
         Searches every snapshot (or those given with --snapshot, or those matching --host/--tag/--path) \

@@ -54,6 +54,7 @@ func runPrune(repository: Repository, lock: Lock?, options: PruneOptions, dryRun
 
 struct Forget: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "forget",
         abstract: "Remove snapshots by a retention policy or by ID (and optionally prune).",
         discussion: """
         Snapshots are grouped by host and paths (--group-by) and the policy applies to each group. A \
@@ -171,6 +172,7 @@ struct Forget: AsyncParsableCommand {
 
 struct Prune: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "prune",
         abstract: "Remove data that no snapshot uses.",
         discussion: """
         Prints the plan first (what is deleted, what is repacked, how much space is freed), then carries it \

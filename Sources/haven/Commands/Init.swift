@@ -4,6 +4,7 @@ import HavenCore
 
 struct Init: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "init",
         abstract: "Create a new repository.",
         discussion: """
         Examples:
@@ -72,7 +73,7 @@ struct Init: AsyncParsableCommand {
 }
 
 struct Version: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print version information.")
+    static let configuration = CommandConfiguration(commandName: "version", abstract: "Print version information.")
     @OptionGroup var global: GlobalOptions
 
     func run() async throws {

@@ -4,6 +4,7 @@ import HavenCore
 
 struct Ls: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "ls",
         abstract: "List files and directories in a snapshot.",
         discussion: """
         Prints the path of every file, directory and other entry stored in SNAPSHOT ("latest", a snapshot \

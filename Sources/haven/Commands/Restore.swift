@@ -4,6 +4,7 @@ import HavenCore
 
 struct Restore: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "restore",
         abstract: "Restore a snapshot (or part of it) into a directory.",
         discussion: """
         The snapshot's absolute paths are recreated below the target: restoring a backup of \

@@ -4,6 +4,7 @@ import HavenCore
 
 struct Snapshots: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "snapshots",
         abstract: "List snapshots.",
         discussion: """
         Examples:

@@ -4,6 +4,7 @@ import HavenCore
 
 struct Stats: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "stats",
         abstract: "Show how much data snapshots hold.",
         discussion: """
         Counts the given snapshots ("latest", IDs or prefixes), or all snapshots matching --host/--tag/--path. \

@@ -3,6 +3,7 @@ import HavenCore
 
 struct Unlock: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "unlock",
         abstract: "Remove stale locks (or all locks with --remove-all).",
         discussion: """
         A lock is stale when it is older than 30 minutes or belongs to a process on this host that no \
