@@ -40,6 +40,35 @@ struct CommandTests {
         }
     }
 
+    @Test("timestamps carry the local zone's offset on each side of a daylight-saving change")
+    func timestampsAcrossZoneTransition() async throws {
+        let s = try await Setup()
+        // Berlin moved from +01:00 to +02:00 at 2026-03-29 01:00 UTC: one file a minute before, two in the
+        // hour after (the offset is remembered per hour, so the hour before must not lend its offset).
+        let times: [(String, Double, String)] = [
+            ("before", 1_774_745_940, "2026-03-29T01:59:00+01:00"),
+            ("after", 1_774_746_060, "2026-03-29T03:01:00+02:00"),
+            ("later", 1_774_748_400, "2026-03-29T03:40:00+02:00"),
+        ]
+        for (name, seconds, _) in times {
+            let path = s.src + "/sub/" + name
+            try Fixture.write(path, Array(name.utf8))
+            try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSince1970: seconds)], ofItemAtPath: path)
+        }
+        let berlin = ["TZ": "Europe/Berlin"]
+        let backup = try await s.cli.run(["-r", s.repo, "backup", s.src + "/sub"], env: berlin)
+        #expect(backup.status == 0, "\(backup)")
+        let ls = try await s.cli.run(["-r", s.repo, "ls", "--json", "latest"], env: berlin)
+        #expect(ls.status == 0, "\(ls)")
+        var mtimes: [String: String] = [:]
+        for line in ls.stdout.split(separator: "\n") {
+            guard let node = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                  let name = node["name"] as? String, let mtime = node["mtime"] as? String else { continue }
+            mtimes[name] = mtime
+        }
+        for (name, _, expected) in times { #expect(mtimes[name] == expected, "\(name): \(mtimes[name] ?? "missing")") }
+    }
+
     @Test("backup exclude options leave out exactly what they name")
     func excludes() async throws {
         let s = try await Setup()

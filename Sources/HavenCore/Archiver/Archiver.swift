@@ -495,7 +495,11 @@ public final class Archiver: Sendable {
 
     // MARK: Walking
 
-    func makeNode(name: [UInt8], info: FileInfo, path: RawPath) -> Node {
+    /// The node for an entry. `parent` is its node in the parent snapshot, if any: setxattr and
+    /// removexattr change an inode's ctime, so an entry whose type, inode, device and ctime are those of
+    /// its parent node still has that node's extended attributes, and they are not read again (a path
+    /// walk and one or more system calls per entry).
+    func makeNode(name: [UInt8], info: FileInfo, path: RawPath, parent: Node? = nil) -> Node {
         var node = Node(name: name, type: info.nodeKind)
         node.mode = Node.goMode(fromUnix: info.mode)
         node.mtime = info.mtime
@@ -510,7 +514,12 @@ public final class Archiver: Sendable {
         node.links = info.links
         if node.type == .file { node.size = info.size }
         if node.type == .dev || node.type == .chardev { node.device = info.rdev }
-        node.extendedAttributes = ExtendedAttributes.read(path)
+        if let parent, parent.type == node.type, parent.inode == info.inode, info.inode != 0,
+           parent.deviceID == info.device, parent.ctime == info.ctime {
+            node.extendedAttributes = parent.extendedAttributes
+        } else {
+            node.extendedAttributes = ExtendedAttributes.read(path)
+        }
         return node
     }
 
@@ -530,7 +539,7 @@ public final class Archiver: Sendable {
             return nil
         }
         if let limit = options.excludeLargerThan, info.isRegular, info.size > limit { return nil }
-        var node = makeNode(name: name, info: info, path: path)
+        var node = makeNode(name: name, info: info, path: path, parent: parentNode)
         switch node.type {
         case .file:
             do {

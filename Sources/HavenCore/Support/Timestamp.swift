@@ -1,3 +1,4 @@
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -24,13 +25,32 @@ public struct Timestamp: Hashable, Comparable, Sendable, CustomStringConvertible
         return Timestamp(seconds: Int64(ts.tv_sec), nanoseconds: Int32(ts.tv_nsec), utcOffset: localOffset(at: Int64(ts.tv_sec)))
     }
 
-    /// The local time zone's offset at `seconds`.
+    /// The local time zone's offset at `seconds`. A backup asks this for three timestamps of every
+    /// entry, and localtime_r takes a lock and re-checks the zone each time, so offsets are remembered per
+    /// hour: an hour whose start and end have the same offset holds no transition (zones change at most
+    /// once in any hour).
     public static func localOffset(at seconds: Int64) -> Int32 {
+        let hour = seconds >= 0 ? seconds / 3600 : (seconds - 3599) / 3600
+        if let known = offsetCache.withLock({ $0[hour] }) { return known }
+        let offset = systemOffset(at: seconds)
+        if systemOffset(at: hour * 3600) == offset && systemOffset(at: hour * 3600 + 3599) == offset {
+            offsetCache.withLock { cache in
+                if cache.count >= 4096 { cache.removeAll(keepingCapacity: true) }
+                cache[hour] = offset
+            }
+        }
+        return offset
+    }
+
+    private static func systemOffset(at seconds: Int64) -> Int32 {
         var t = time_t(seconds)
         var tmv = tm()
         localtime_r(&t, &tmv)
         return Int32(tmv.tm_gmtoff)
     }
+
+    /// Offsets of whole hours without a transition, by hour since the epoch.
+    private static let offsetCache = Mutex<[Int64: Int32]>([:])
 
     public static func == (a: Timestamp, b: Timestamp) -> Bool {
         a.seconds == b.seconds && a.nanoseconds == b.nanoseconds
