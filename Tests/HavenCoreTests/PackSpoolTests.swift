@@ -134,6 +134,37 @@ struct PackSpoolTests {
         }
     }
 
+    @Test("auto compression probes large data blobs: incompressible ones are stored as they are, anything that compresses in a sample is compressed")
+    func compressionProbe() async throws {
+        let mib = 1 << 20
+        let random = SeededRandom.bytes(seed: 77, mib)
+        let text = Array(String(repeating: "the quick brown fox jumps over the lazy dog 0123456789\n", count: mib / 55 + 1).utf8.prefix(mib))
+        // Random except for the stretch where the fifth sample falls, which is text.
+        var mixed = random
+        let step = (mib - BlobWriter.probeSampleSize) / (BlobWriter.probeSamples - 1)
+        mixed.replaceSubrange((4 * step)..<(4 * step + BlobWriter.probeSampleSize), with: text.prefix(BlobWriter.probeSampleSize))
+        let smallRandom = Array(random.prefix(300 * 1024))
+        #expect(random.withUnsafeBytes { BlobWriter.looksIncompressible($0) })
+        #expect(!text.withUnsafeBytes { BlobWriter.looksIncompressible($0) })
+        #expect(!mixed.withUnsafeBytes { BlobWriter.looksIncompressible($0) })
+        #expect(!smallRandom.withUnsafeBytes { BlobWriter.looksIncompressible($0) }, "blobs under 512 KiB are not probed")
+
+        let dir = TempDir("haven-spool")
+        let repo = try await Repository.initialize(storage: LocalStorage(path: dir.sub("repo")), password: "pw", kdf: .testing)
+        let writer = BlobWriter(repository: repo, compression: .auto)
+        for blob in [random, text, mixed] { try await writer.save(.data, plaintext: blob) }
+        try await writer.flush()
+        func stored(_ blob: [UInt8]) throws -> PackedBlob { try #require(repo.index.lookup(ID.hash(blob), .data)).blob }
+        #expect(try stored(random).uncompressedLength == 0, "an incompressible blob is stored uncompressed")
+        #expect(try stored(random).length == UInt32(mib + 32))
+        #expect(try stored(text).uncompressedLength == UInt32(mib))
+        #expect(try stored(text).length < UInt32(mib / 10))
+        #expect(try stored(mixed).uncompressedLength == UInt32(mib), "a blob with a compressible sample is compressed")
+        let reopened = try await Repository.open(storage: LocalStorage(path: dir.sub("repo")), password: "pw")
+        try await reopened.loadIndex()
+        for blob in [random, text, mixed] { #expect(try await reopened.loadBlob(ID.hash(blob), .data) == blob) }
+    }
+
     @Test("joining partly filled packs: fewest packs within the target size, each blob's bytes at its new offset")
     func joiningPartialPacks() async throws {
         let dir = TempDir("haven-spool")

@@ -58,6 +58,19 @@ public enum Zstd {
         return out
     }
 
+    /// The size `input` compresses to at `level`, without keeping the result (for probes of small
+    /// samples: the output goes to a buffer on the stack when it fits).
+    public static func compressedSize(_ input: UnsafeRawBufferPointer, level: Int32) -> Int {
+        let bound = ZSTD_compressBound(input.count)
+        let n = withUnsafeTemporaryAllocation(byteCount: bound, alignment: 16) { dst in
+            ZstdContextPool.shared.withCompressionContext { ctx in
+                ZSTD_compressCCtx(ctx, dst.baseAddress, bound, input.baseAddress, input.count, level)
+            }
+        }
+        precondition(ZSTD_isError(n) == 0, "zstd compression failed: \(String(cString: ZSTD_getErrorName(n)))")
+        return n
+    }
+
     public static func compress(_ input: [UInt8], level: Int32) -> [UInt8] {
         input.withUnsafeBytes { compress($0, level: level) }
     }
