@@ -189,6 +189,8 @@ def main(outdir, results_md):
     out.append("- Order: each round runs the tools in turn on a corpus, starting with the next tool each round (file "
                "creation right after mass deletion is slow on this machine's filesystem, and that cost falls on "
                "whichever tool comes first).")
+    out.append("- Binaries: both tools' executables are dropped from the page cache once at the start (a freshly "
+               "written file sits in large folios, which adds ~4 MB of code pages to a process's RSS).")
     cells = "- Cells are `wall / CPU (user+sys) / peak RSS`"
     if s3:
         cells += (" of the client only; a second table per corpus gives, for each step, the S3 requests SeaweedFS "

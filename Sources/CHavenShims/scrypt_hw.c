@@ -113,16 +113,28 @@ HW static void block_mix(const __m512i *in, const Sources *xor, __m512i *out, si
     }
 }
 
+// Slot k of v, and v with slot k replaced (the instructions take the slot as an immediate).
+HW static inline __m128i get_slot(__m512i v, int k) {
+    switch (k) {
+    case 0: return _mm512_extracti32x4_epi32(v, 0);
+    case 1: return _mm512_extracti32x4_epi32(v, 1);
+    case 2: return _mm512_extracti32x4_epi32(v, 2);
+    default: return _mm512_extracti32x4_epi32(v, 3);
+    }
+}
+
+HW static inline __m512i set_slot(__m512i v, __m128i lane, int k) {
+    switch (k) {
+    case 0: return _mm512_inserti32x4(v, lane, 0);
+    case 1: return _mm512_inserti32x4(v, lane, 1);
+    case 2: return _mm512_inserti32x4(v, lane, 2);
+    default: return _mm512_inserti32x4(v, lane, 3);
+    }
+}
+
 // Slot `slot` of each of `count` vectors at `from` into the lane vectors at `to`.
 HW static void extract_slot(const __m512i *from, int slot, __m128i *to, size_t count) {
-    for (size_t v = 0; v < count; v++) {
-        switch (slot) {
-        case 0: _mm_storeu_si128(to + v, _mm512_extracti32x4_epi32(from[v], 0)); break;
-        case 1: _mm_storeu_si128(to + v, _mm512_extracti32x4_epi32(from[v], 1)); break;
-        case 2: _mm_storeu_si128(to + v, _mm512_extracti32x4_epi32(from[v], 2)); break;
-        default: _mm_storeu_si128(to + v, _mm512_extracti32x4_epi32(from[v], 3)); break;
-        }
-    }
+    for (size_t v = 0; v < count; v++) _mm_storeu_si128(to + v, get_slot(from[v], slot));
 }
 
 // Word 0 of the last Salsa block of slot `slot` in `x` (integerify, RFC 7914 section 5).
@@ -167,13 +179,7 @@ HW int haven_scrypt_romix_avx512(uint8_t *lanes, int count, uint32_t n, uint32_t
                 words[k] = word;
             }
             for (int v = 0; v < 4; v++) {
-                __m128i lane = _mm_loadu_si128((const __m128i *)(words + 4 * v));
-                switch (slot) {
-                case 0: x[4 * blk + v] = _mm512_inserti32x4(x[4 * blk + v], lane, 0); break;
-                case 1: x[4 * blk + v] = _mm512_inserti32x4(x[4 * blk + v], lane, 1); break;
-                case 2: x[4 * blk + v] = _mm512_inserti32x4(x[4 * blk + v], lane, 2); break;
-                default: x[4 * blk + v] = _mm512_inserti32x4(x[4 * blk + v], lane, 3); break;
-                }
+                x[4 * blk + v] = set_slot(x[4 * blk + v], _mm_loadu_si128((const __m128i *)(words + 4 * v)), slot);
             }
         }
     }
@@ -233,14 +239,7 @@ HW int haven_scrypt_romix_avx512(uint8_t *lanes, int count, uint32_t n, uint32_t
         for (size_t blk = 0; blk < 2 * (size_t)r; blk++) {
             uint32_t diagonal[16];
             for (int v = 0; v < 4; v++) {
-                __m128i lane;
-                switch (k) {
-                case 0: lane = _mm512_extracti32x4_epi32(current[4 * blk + v], 0); break;
-                case 1: lane = _mm512_extracti32x4_epi32(current[4 * blk + v], 1); break;
-                case 2: lane = _mm512_extracti32x4_epi32(current[4 * blk + v], 2); break;
-                default: lane = _mm512_extracti32x4_epi32(current[4 * blk + v], 3); break;
-                }
-                _mm_storeu_si128((__m128i *)(diagonal + 4 * v), lane);
+                _mm_storeu_si128((__m128i *)(diagonal + 4 * v), get_slot(current[4 * blk + v], k));
             }
             uint8_t *dst = lanes + (size_t)k * lane_bytes + 64 * blk;
             for (int j = 0; j < 16; j++) memcpy(dst + 4 * kDiagonal[j], &diagonal[j], 4);
