@@ -309,6 +309,34 @@ struct PruneTests {
         #expect(report.statistics.unusedBlobs == 2)
     }
 
+    @Test("partly used data packs are repacked mostly-unused first, until the unused bytes fit the allowance")
+    func repackOrder() async throws {
+        let fx = try await CPFixture.make()
+        var rng = CPRandom(seed: 11)
+        func blobs(_ n: Int) -> [[UInt8]] { (0..<n).map { _ in rng.bytes(1000) } }
+        let gone1 = blobs(3), kept1 = blobs(5), gone2 = blobs(2), kept2 = blobs(1)
+        // One backup per pack: X holds 3 blobs that become unused and 5 that stay (more unused bytes),
+        // Y holds 2 that become unused and 1 that stays (the higher unused/used ratio).
+        func writer() -> BlobWriter { BlobWriter(repository: fx.repo, packSize: 1 << 20, compression: .off) }
+        let a1 = try await fx.backup([.init(name: "x", blobs: gone1 + kept1)], writer: writer(), time: cpTime("2024-01-01T10:00:00Z"))
+        let a2 = try await fx.backup([.init(name: "y", blobs: gone2 + kept2)], writer: writer(), time: cpTime("2024-01-02T10:00:00Z"))
+        try await fx.backup([.init(name: "k", blobs: kept1 + kept2)], writer: writer(), time: cpTime("2024-01-03T10:00:00Z"))
+        let packX = fx.repo.index.lookup(ID.hash(gone1[0]), .data)!.pack, packY = fx.repo.index.lookup(ID.hash(gone2[0]), .data)!.pack
+        #expect(packX != packY)
+        #expect(fx.repo.index.lookup(ID.hash(kept2[0]), .data)!.pack == packY)
+        try await fx.storage.remove(Handle(.snapshot, a1))
+        try await fx.storage.remove(Handle(.snapshot, a2))
+
+        // Unused: X 3·1069, Y 2·1069 bytes. With 3,500 bytes allowed, one repack is enough either way;
+        // Y goes first because two thirds of it are unused (X: three eighths).
+        let plan = try await PrunePlan.make(repository: fx.repo, options: PruneOptions(maxUnused: .bytes(3500)))
+        #expect(plan.packsToRepack.contains(packY))
+        #expect(!plan.packsToRepack.contains(packX))
+        #expect(plan.unusedAfter == 3 * (1032 + 37))
+        let none = try await PrunePlan.make(repository: fx.repo, options: PruneOptions(maxUnused: .bytes(5 * 1069)))
+        #expect(!none.packsToRepack.contains(packX) && !none.packsToRepack.contains(packY))
+    }
+
     @Test("a dry run (plan only) changes nothing")
     func dryRun() async throws {
         let s = try await PruneScenario.make()

@@ -364,9 +364,13 @@ public struct PrunePlan: Sendable, CustomStringConvertible {
                 candidates.append(id)
             }
         }
+        // Packs that are mostly unused first: repacking one reads the whole pack and writes its used part,
+        // so the highest unused/used ratio frees the most space per byte rewritten (restic orders the same
+        // way). Compared as unused·used' > unused'·used, in Double to stay clear of overflow.
         candidates.sort { a, b in
-            let x = packs[a]!.unused.bytes, y = packs[b]!.unused.bytes
-            return x != y ? x > y : a < b
+            let x = packs[a]!, y = packs[b]!
+            let lhs = Double(x.unused.bytes) * Double(y.used.bytes), rhs = Double(y.unused.bytes) * Double(x.used.bytes)
+            return lhs != rhs ? lhs > rhs : a < b
         }
         var unusedLeft = candidates.reduce(UInt64(0)) { $0 + packs[$1]!.unused.bytes }
             + keep.reduce(UInt64(0)) { $0 + packs[$1]!.unused.bytes }
