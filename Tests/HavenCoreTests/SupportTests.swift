@@ -391,6 +391,27 @@ struct SupportTests {
         if size >= 65_536 { #expect(Zstd.compress(text, level: 3).count < size / 10) }
     }
 
+    @Test("Zstd: a pooled context carries no parameters from one call to the next")
+    func zstdParametersDoNotCarryOver() throws {
+        // Words drawn at random from a small vocabulary: compressible, and sensitive to the table sizes.
+        var rng = SeededRandom(seed: 42)
+        let words = (0..<400).map { _ in rng.bytes(3 + Int(rng.next() % 9)).map { UInt8(ascii: "a") + $0 % 26 } }
+        func text(_ n: Int) -> [UInt8] {
+            var out: [UInt8] = []
+            while out.count < n { out += words[Int(rng.next() % 400)] + [UInt8(ascii: " ")] }
+            return Array(out.prefix(n))
+        }
+        let large = text(2 << 20)
+        // Level 4's default hash table (2^18) is larger than the one level 3 uses for large inputs; a level-4
+        // frame made after a level-3 one must come out exactly as before it.
+        let before = Zstd.compress(large, level: 4)
+        let largeFrame = Zstd.compress(large, level: 3)
+        let after = Zstd.compress(large, level: 4)
+        #expect(after.count == before.count && after == before)  // sizes in the message, not two 500 KB arrays
+        #expect(try Zstd.decompress(largeFrame, limit: large.count, expectedSize: large.count) == large)
+        #expect(largeFrame.count < large.count / 2)
+    }
+
     @Test("Zstd: concatenated frames decompress to the concatenation")
     func zstdMultipleFrames() throws {
         let a = SeededRandom.bytes(seed: 1, 5000), b = [UInt8](repeating: 7, count: 70_000)

@@ -50,12 +50,28 @@ public enum Zstd {
         var n = 0
         let out = [UInt8](unsafeUninitializedCapacity: bound) { dst, count in
             n = ZstdContextPool.shared.withCompressionContext { ctx in
-                ZSTD_compressCCtx(ctx, dst.baseAddress, bound, input.baseAddress, input.count, level)
+                compress(ctx, into: dst.baseAddress, capacity: bound, input, level: level)
             }
             count = ZSTD_isError(n) == 0 ? n : 0
         }
         precondition(ZSTD_isError(n) == 0, "zstd compression failed: \(String(cString: ZSTD_getErrorName(n)))")
         return out
+    }
+
+    /// zstd's level-3 tables for inputs over 256 KiB are a 2^17-entry hash table and a 2^16-entry chain
+    /// table (768 KiB together). With one compressor per core, a 2^16 hash table keeps both closer to the
+    /// core's own cache: on the toolchain binaries, 1 MiB blobs compressed ~14% faster (zstd's benchmark
+    /// on this machine) for 0.3% more output, and a whole first backup took ~5% less CPU.
+    static let largeInputHashLog: Int32 = 16
+
+    /// One frame with the content size recorded. Parameters are set on every call, since a pooled
+    /// context keeps them from its last use (0 restores the level's default).
+    private static func compress(_ ctx: OpaquePointer, into dst: UnsafeMutableRawPointer?, capacity: Int,
+                                 _ input: UnsafeRawBufferPointer, level: Int32) -> Int {
+        let large = input.count > 256 << 10 && level == 3
+        ZSTD_CCtx_setParameter(ctx, ZSTD_c_compressionLevel, level)
+        ZSTD_CCtx_setParameter(ctx, ZSTD_c_hashLog, large ? largeInputHashLog : 0)
+        return ZSTD_compress2(ctx, dst, capacity, input.baseAddress, input.count)
     }
 
     /// The size `input` compresses to at `level`, without keeping the result (for probes of small
