@@ -186,9 +186,14 @@ def main(outdir, results_md):
                f"corpora: {meta.get('corpora', '?')}; total run time {meta.get('elapsed', '?')}")
     out.append("- Page cache warm: each tool gets a fresh copy of the corpus at the same path, read once before its "
                "first backup (and again after the change to the next version).")
-    out.append("- Order: each round runs the tools in turn on a corpus, starting with the next tool each round (file "
-               "creation right after mass deletion is slow on this machine's filesystem, and that cost falls on "
-               "whichever tool comes first).")
+    out.append("- Order: each round runs the tools in turn on a corpus, starting with the next tool each round, so that "
+               "what one run leaves behind (dirty pages, freed inodes) does not always fall on the same tool.")
+    if "loop device" in meta.get("restore_fs", ""):
+        out.append(f"- Restores write to {meta['restore_fs']}. (This machine's own ext4 has no journal; there, creating "
+                   "files within minutes of a mass deletion costs up to a minute of system time, and that fell on whichever "
+                   "tool reached its restore soonest after the previous run.)")
+    elif meta.get("restore_fs"):
+        out.append(f"- Restores write to {meta['restore_fs']}.")
     out.append("- Binaries: both tools' executables are dropped from the page cache once at the start (a freshly "
                "written file sits in large folios, which adds ~4 MB of code pages to a process's RSS).")
     cells = "- Cells are `wall / CPU (user+sys) / peak RSS`"

@@ -436,6 +436,36 @@ run_tool() {
     fi
 }
 
+# Restores write into a journaled ext4 filesystem made for this run on a loop device (when running as
+# root with loop devices). The machine's own filesystem may lack a journal, and ext4 without one does not
+# reuse an inode freed in the last minute (six while its inode table block is dirty, which creating files
+# makes it): each new file steps over every such inode in its group. A restore right after another run's
+# mass deletion then costs minutes of system time, and that falls on whichever tool gets there soonest.
+# A journaled ext4 is what most machines restore onto, and gives every tool the same terms.
+RESTORE_FS="the benchmark directory's filesystem"
+RESTORE_IMG=""
+setup_restore_fs() {
+    local mnt="$BENCH_DIR/restore"
+    if mountpoint -q "$mnt"; then umount "$mnt" || true; fi
+    rm -rf "$mnt"; mkdir -p "$mnt"
+    [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null || return 0
+    RESTORE_IMG="$BENCH_DIR/restore.img"
+    rm -f "$RESTORE_IMG"
+    # Sparse; 32 GiB gives 2 million inodes (the scale case restores a million files).
+    if truncate -s 32G "$RESTORE_IMG" && mkfs.ext4 -q -F "$RESTORE_IMG" && mount -o loop "$RESTORE_IMG" "$mnt"; then
+        RESTORE_FS="ext4 with a journal on a loop device, made for this run"
+        log "restores write to $mnt: $RESTORE_FS"
+    else
+        log "could not make a loop filesystem for restores; they write to $BENCH_DIR's own filesystem"
+        rm -f "$RESTORE_IMG"; RESTORE_IMG=""
+    fi
+}
+teardown_restore_fs() {
+    [ -n "$RESTORE_IMG" ] || return 0
+    umount "$BENCH_DIR/restore" 2>/dev/null || umount -l "$BENCH_DIR/restore" 2>/dev/null || true
+    rm -f "$RESTORE_IMG"
+}
+
 # The steps of one tool on one corpus; stops early when a step that the next ones need fails.
 run_steps() {
     local round=$1 corpus=$2 tool=$3 repo=$4 live=$5
@@ -474,10 +504,8 @@ run_steps() {
     if timed "$round" "$corpus" "$tool" forget_prune "${CMD[@]}"; then record_size "$round" "$corpus" "$tool" after_prune "$repo"; fi
 }
 
-# rotated ROUND TOOL...: the tools in an order that starts one later each round. Creating many files
-# right after many were deleted is slow on some filesystems (ext4 without a journal skips inodes freed in
-# the last minutes, one by one), and the tool that runs first on a corpus follows the previous corpus's
-# deletions: rotating shares that among the tools, and the median drops it.
+# rotated ROUND TOOL...: the tools in an order that starts one later each round, so that what one run
+# leaves behind (dirty pages, freed inodes) does not always fall on the same tool.
 rotated() {
     local round=$1; shift
     local tools=("$@") n=$# k=0
@@ -510,8 +538,9 @@ if uses haven && uses restic; then
     fi
     rm -rf "$probe"
 fi
+setup_restore_fs
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
-trap stop_weed EXIT
+trap 'stop_weed; teardown_restore_fs' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 log "mode $MODE, $ROUNDS round(s), corpora: $CORPORA, tools: $TOOLS, storage: $STORAGE; raw results in $OUT"
@@ -552,6 +581,7 @@ done
         else not_run="$not_run, $t (left out with --tools)"; fi
     done
     printf 'not_run\t%s\n' "${not_run#, }"
+    printf 'restore_fs\t%s\n' "$RESTORE_FS"
     printf 'mode\t%s\n' "$MODE"
     printf 'rounds\t%s\n' "$ROUNDS"
     printf 'corpora\t%s\n' "$CORPORA"
