@@ -22,7 +22,7 @@ struct Main {
         }
         do {
             var command = try Haven.parseAsRoot(args)
-            if var asyncCommand = command as? AsyncParsableCommand {
+            if let asyncCommand = command as? AsyncParsableCommand {
                 // SIGINT and SIGTERM cancel the command, which releases its lock and leaves the repository
                 // consistent (what was uploaded is reused next time); a second signal exits at once.
                 nonisolated(unsafe) var running = asyncCommand

@@ -40,6 +40,20 @@ struct CommandTests {
         }
     }
 
+    @Test("-v, -vv before the command raise verbosity; a look-alike is not taken as a global option")
+    func verbosityFlagsBeforeTheCommand() async throws {
+        let s = try await Setup()
+        try await s.cli.ok(["-r", s.repo, "backup", s.src])
+        let line = "no matching entries in 1 snapshots"
+        #expect(!(try await s.cli.ok(["-r", s.repo, "find", "no-such-name"])).stdout.contains(line))
+        for flag in ["-v", "-vv", "-vvv"] {
+            let r = try await s.cli.ok([flag, "-r", s.repo, "find", "no-such-name"])
+            #expect(r.stdout.contains(line), "\(flag): \(r.stdout)")
+        }
+        let odd = try await s.cli.run(["-vx", "-r", s.repo, "find", "no-such-name"])
+        #expect(odd.status != 0)
+    }
+
     @Test("timestamps carry the local zone's offset on each side of a daylight-saving change")
     func timestampsAcrossZoneTransition() async throws {
         let s = try await Setup()
