@@ -77,13 +77,15 @@ enum FileSystem {
 
     /// Writes `data` to a temporary file beside `path`, syncs it, renames it into place and syncs the
     /// directory, so that `path` either holds all of `data` or is left as it was.
-    static func writeAtomically(_ path: String, _ data: [UInt8], mode: mode_t = 0o600) throws {
+    /// Writes `data` to a temporary file and renames it to `path`, so readers see all of it or nothing.
+    /// `durable` also syncs the file before the rename and the directory after it, so it survives a crash.
+    static func writeAtomically(_ path: String, _ data: [UInt8], mode: mode_t = 0o600, durable: Bool = true) throws {
         let tmp = path + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
         guard fd >= 0 else { throw HavenError.system("cannot create", tmp) }
         do {
             try data.withUnsafeBytes { try writeFully(fd, $0, path: tmp) }
-            guard fsync(fd) == 0 else { throw HavenError.system("cannot sync", tmp) }
+            guard !durable || fsync(fd) == 0 else { throw HavenError.system("cannot sync", tmp) }
             close(fd)
         } catch {
             close(fd)
@@ -95,7 +97,7 @@ enum FileSystem {
             unlink(tmp)
             throw HavenError.system("cannot rename into place", path, errno: e)
         }
-        syncDirectory(of: path)
+        if durable { syncDirectory(of: path) }
     }
 
     static func syncDirectory(of path: String) {
