@@ -10,8 +10,8 @@
 //
 // Memory: every lane has its own table V, and the caller picks `store_every`: a lane stores only every
 // s-th block of V and recomputes the others when they are read (scrypt's time-memory trade-off; the
-// result is the same). The lanes of a call recompute together, up to the largest distance any of them
-// needs, which costs the time of one lane.
+// result is the same). Each lane follows its own schedule of recomputations (see the second loop), so a
+// call costs about the time of one lane.
 #include "CHavenShims.h"
 #include <stdlib.h>
 #include <string.h>
@@ -148,10 +148,10 @@ HW int haven_scrypt_romix_avx512(uint8_t *lanes, int count, uint32_t n, uint32_t
     const size_t vectors = 8 * (size_t)r;                 // 128-bit vectors per scrypt block
     const size_t lane_bytes = 128 * (size_t)r;
     const size_t entries = (n + store_every - 1) / store_every;
-    // x, y: the running block and its successor; w, w2: recomputation; then each lane's recomputed block
-    // and its table.
-    const size_t wide = 4 * vectors * sizeof(__m512i);
-    const size_t lane_scratch = 4 * lane_bytes;
+    // x, y: the running state (one block per lane) and its successor; then per-lane scratch; then each
+    // lane's table.
+    const size_t wide = 2 * vectors * sizeof(__m512i);
+    const size_t lane_scratch = 9 * lane_bytes;  // parked X and final X of each lane, and a zero block
     const size_t table_bytes = (size_t)count * entries * lane_bytes;
     const size_t total = wide + lane_scratch + table_bytes;
     uint8_t *memory = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -162,8 +162,9 @@ HW int haven_scrypt_romix_avx512(uint8_t *lanes, int count, uint32_t n, uint32_t
     const uintptr_t huge = 2u << 20, start = ((uintptr_t)memory + huge - 1) & ~(huge - 1);
     const uintptr_t end = ((uintptr_t)memory + total) & ~(huge - 1);
     if (end > start) madvise((void *)start, end - start, MADV_HUGEPAGE);
-    __m512i *x = (__m512i *)memory, *y = x + vectors, *w = y + vectors, *w2 = w + vectors;
-    __m128i *recomputed = (__m128i *)(memory + wide);
+    __m512i *x = (__m512i *)memory, *y = x + vectors;
+    __m128i *parked = (__m128i *)(memory + wide), *results = parked + 4 * vectors;
+    const __m128i *zeros = results + 4 * vectors;  // mmap'ed memory starts zeroed
     __m128i *tables = (__m128i *)(memory + wide + lane_scratch);
     memset(x, 0, vectors * sizeof(__m512i));
 #define TABLE(k, q) (tables + ((size_t)(k) * entries + (q)) * vectors)
@@ -194,44 +195,66 @@ HW int haven_scrypt_romix_avx512(uint8_t *lanes, int count, uint32_t n, uint32_t
         __m512i *t = current; current = other; other = t;
     }
 
-    // Second loop: j = Integerify(X) mod N, X = BlockMix(X xor V_j).
-    for (uint32_t step = 0; step < n; step++) {
+    // Second loop: j = Integerify(X) mod N, X = BlockMix(X xor V_j). Each lane runs its own schedule:
+    // while it recomputes a V_j that is not stored, its running X is parked and its slot of the state
+    // holds the block being recomputed. So every BlockMix advances every lane, however far each one has
+    // to recompute (in lockstep, all lanes would wait for the one with the longest distance).
+    enum { kFinished, kFromTable, kRecomputing, kFromParked };
+    int mode[4];
+    uint32_t steps[4] = {0, 0, 0, 0}, left[4] = {0, 0, 0, 0};
+    const __m128i *table_block[4];
+    int running = 0;
+    for (int slot = 0; slot < 4; slot++) mode[slot] = kFinished;
+    // Picks lane k's next V_j from its X in slot k of `state`: straight from the table, or parked to
+    // recompute it from the stored block before it.
+    #define NEXT_BLOCK(state, k) do { \
+        const uint32_t j = integerify((state), r, (k)) & (n - 1); \
+        table_block[k] = TABLE((k), j / store_every); \
+        const char *block = (const char *)table_block[k]; \
+        for (size_t line = 0; line < lane_bytes; line += 64) _mm_prefetch(block + line, _MM_HINT_T0); \
+        left[k] = j % store_every; \
+        if (left[k] == 0) { \
+            mode[k] = kFromTable; \
+        } else { \
+            mode[k] = kRecomputing; \
+            extract_slot((state), (k), parked + (size_t)(k) * vectors, vectors); \
+            for (size_t v = 0; v < vectors; v++) (state)[v] = set_slot((state)[v], _mm_loadu_si128(table_block[k] + v), (k)); \
+        } \
+    } while (0)
+    for (int k = 0; k < count; k++) { NEXT_BLOCK(current, k); running++; }
+    while (running > 0) {
         Sources xor;
-        uint32_t skip[4] = {0, 0, 0, 0}, most = 0;
+        int any = 0;
         for (int slot = 0; slot < 4; slot++) {
-            const int k = slot < count ? slot : 0;
-            const uint32_t j = integerify(current, r, k) & (n - 1);
-            xor.slot[slot] = TABLE(k, j / store_every);
-            skip[slot] = j % store_every;
-            if (skip[slot] > most) most = skip[slot];
-        }
-        // The blocks are random reads from tables far larger than the caches: ask for all their lines
-        // at once rather than one miss after another.
-        for (int k = 0; k < count; k++) {
-            const char *block = (const char *)xor.slot[k];
-            for (size_t line = 0; line < lane_bytes; line += 64) _mm_prefetch(block + line, _MM_HINT_T0);
-        }
-        if (most > 0) {
-            // Recompute V_j of every lane from its stored predecessor, all lanes together; each lane's
-            // block is taken out when its own distance is reached.
-            Sources stored = xor;
-            for (size_t v = 0; v < vectors; v++) w[v] = gather(&stored, v);
-            __m512i *from = w, *to = w2;
-            for (uint32_t d = 1; d <= most; d++) {
-                block_mix(from, NULL, to, r);
-                for (int slot = 0; slot < count; slot++) {
-                    if (skip[slot] == d) {
-                        extract_slot(to, slot, recomputed + (size_t)slot * vectors, vectors);
-                        xor.slot[slot] = recomputed + (size_t)slot * vectors;
-                    }
-                }
-                __m512i *t = from; from = to; to = t;
+            switch (mode[slot]) {
+            case kFromTable: xor.slot[slot] = table_block[slot]; any = 1; break;
+            case kFromParked: xor.slot[slot] = parked + (size_t)slot * vectors; any = 1; break;
+            default: xor.slot[slot] = zeros; break;
             }
-            for (int slot = count; slot < 4; slot++) xor.slot[slot] = xor.slot[0];
         }
-        block_mix(current, &xor, other, r);
+        block_mix(current, any ? &xor : NULL, other, r);
         __m512i *t = current; current = other; other = t;
+        for (int k = 0; k < count; k++) {
+            switch (mode[k]) {
+            case kRecomputing:
+                if (--left[k] == 0) mode[k] = kFromParked;  // the slot now holds V_j
+                break;
+            case kFromTable:
+            case kFromParked:
+                if (++steps[k] == n) {
+                    extract_slot(current, k, results + (size_t)k * vectors, vectors);
+                    mode[k] = kFinished;
+                    running--;
+                } else {
+                    NEXT_BLOCK(current, k);
+                }
+                break;
+            default:
+                break;
+            }
+        }
     }
+    #undef NEXT_BLOCK
 #undef TABLE
 
     // Store: slot k back into lane k, natural order.
@@ -239,7 +262,7 @@ HW int haven_scrypt_romix_avx512(uint8_t *lanes, int count, uint32_t n, uint32_t
         for (size_t blk = 0; blk < 2 * (size_t)r; blk++) {
             uint32_t diagonal[16];
             for (int v = 0; v < 4; v++) {
-                _mm_storeu_si128((__m128i *)(diagonal + 4 * v), get_slot(current[4 * blk + v], k));
+                _mm_storeu_si128((__m128i *)(diagonal + 4 * v), _mm_loadu_si128(results + (size_t)k * vectors + 4 * blk + v));
             }
             uint8_t *dst = lanes + (size_t)k * lane_bytes + 64 * blk;
             for (int j = 0; j < 16; j++) memcpy(dst + 4 * kDiagonal[j], &diagonal[j], 4);
