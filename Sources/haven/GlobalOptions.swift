@@ -61,14 +61,14 @@ struct GlobalOptions: ParsableArguments {
                                             "--limit-upload", "--limit-download"]
     static let flagOptions: Set<String> = ["--json", "-q", "--quiet", "-v", "--verbose", "--no-lock", "--no-cache"]
 
-    /// Moves global options written before the command name to the end (before any `--`), so that
-    /// `haven -r REPO snapshots` parses like `haven snapshots -r REPO`.
     /// `-v`, `-vv`, `-vvv`… (checked by hand: a Foundation regular expression costs ~1 ms at every start).
     static func isVerbosity(_ a: String) -> Bool {
         let u = a.utf8
         return u.count >= 2 && u.first == UInt8(ascii: "-") && u.dropFirst().allSatisfy { $0 == UInt8(ascii: "v") }
     }
 
+    /// Moves global options written before the command name to the end (before any `--`), so that
+    /// `haven -r REPO snapshots` parses like `haven snapshots -r REPO`.
     static func reorder(_ args: [String]) -> [String] {
         var globals: [String] = []
         var i = 0

@@ -75,10 +75,9 @@ enum FileSystem {
         }
     }
 
-    /// Writes `data` to a temporary file beside `path`, syncs it, renames it into place and syncs the
-    /// directory, so that `path` either holds all of `data` or is left as it was.
-    /// Writes `data` to a temporary file and renames it to `path`, so readers see all of it or nothing.
-    /// `durable` also syncs the file before the rename and the directory after it, so it survives a crash.
+    /// Writes `data` to a temporary file beside `path` and renames it into place, so that `path` either
+    /// holds all of `data` or is left as it was. `durable` also syncs the file before the rename and the
+    /// directory after it, so that this holds across a crash too.
     static func writeAtomically(_ path: String, _ data: [UInt8], mode: mode_t = 0o600, durable: Bool = true) throws {
         let tmp = path + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
