@@ -226,6 +226,48 @@ struct ArchiverTests {
         #expect(entries["exact"]?.size == 1000)
     }
 
+    @Test("the totals scan counts the regular files and bytes a backup will read, without excluded or too large files")
+    func totalsScan() async throws {
+        let dir = TempDir("haven-archiver")
+        defer { withExtendedLifetime(dir) {} }
+        let src = dir.sub("src")
+        for d in ["", "/a", "/a/b", "/a/b/c", "/empty", "/skip.tmp"] { try Fixture.mkdir(src + d) }
+        try Fixture.write(src + "/one", [UInt8](repeating: 1, count: 10))
+        try Fixture.write(src + "/a/two", [UInt8](repeating: 2, count: 20))
+        try Fixture.write(src + "/a/b/c/three", [UInt8](repeating: 3, count: 30))
+        try Fixture.write(src + "/a/x.tmp", [UInt8](repeating: 4, count: 100))
+        try Fixture.write(src + "/skip.tmp/inner", [UInt8](repeating: 5, count: 100))
+        try Fixture.write(src + "/a/b/big", [UInt8](repeating: 6, count: 5000))
+        #expect(symlink("one", src + "/link") == 0)
+        let solo = dir.sub("solo")
+        try Fixture.write(solo, [UInt8](repeating: 7, count: 7))
+        let (repo, _) = try await makeRepository()
+        var options = BackupOptions(paths: [src, solo])
+        options.excludes = [try PathPattern("*.tmp")]
+        options.excludeLargerThan = 1000
+        let progress = BackupProgress()
+        Archiver(repositories: [repo], options: options, progress: progress).scan()
+        let totals = progress.snapshot
+        #expect(totals.scanDone)
+        #expect(totals.totalFiles == 4 && totals.totalBytes == 67)
+    }
+
+    @Test("without countTotals no totals are counted, and the backup is the same")
+    func noTotalsScan() async throws {
+        let dir = TempDir("haven-archiver")
+        defer { withExtendedLifetime(dir) {} }
+        let src = dir.sub("src")
+        try Fixture.mkdir(src)
+        for i in 0..<50 { try Fixture.write(src + "/f\(i)", utf8("file \(i)")) }
+        let (repo, _) = try await makeRepository()
+        var options = BackupOptions(paths: [src])
+        options.countTotals = false
+        let progress = BackupProgress()
+        let result = try await Archiver.backup(repository: repo, options: options, progress: progress)
+        #expect(!progress.snapshot.scanDone && progress.snapshot.totalFiles == 0)
+        #expect(result.summary.filesNew == 50 && progress.snapshot.filesDone == 50)
+    }
+
     @Test("stdin backup stores one file node with the bytes read")
     func stdinBackup() async throws {
         var fds: [Int32] = [0, 0]

@@ -30,6 +30,10 @@ public struct BackupOptions: Sendable {
     public var time: Timestamp?
     /// Files read at once.
     public var fileConcurrency = 4
+    /// Count the files and bytes to back up in a second walk beside the backup, so that progress can show
+    /// totals and an ETA (`BackupProgress.Snapshot.totalFiles`). That walk stats every file once more;
+    /// leave it off when nobody looks at the progress.
+    public var countTotals = true
 
     public init(paths: [String] = []) { self.paths = paths }
 
@@ -218,8 +222,8 @@ public final class Archiver: Sendable {
 
     func run() async throws -> [BackupOutcome] {
         let start = Timestamp.now()
-        let scanner = Task.detached(priority: .low) { [self] in self.scan() }
-        defer { scanner.cancel() }
+        let scanner = options.countTotals ? Task.detached(priority: .low) { [self] in self.scan() } : nil
+        defer { scanner?.cancel() }
         if !options.dryRun { try await forEachTarget { try await self.adoptUnindexedPacks($0) } }
         do {
             let (tree, paths, parentIDs) = try await buildRoot()
@@ -301,38 +305,53 @@ public final class Archiver: Sendable {
         target.writer.adopt(adopted.withLock { $0 })
     }
 
-    /// Counts the files and bytes to back up, so progress can show an ETA. Cheap: lstat only.
+    /// Counts the files and bytes to back up, so progress can show an ETA. Directories are read once and
+    /// their entries stat'ed relative to the open directory; entries readdir marks as directories are not
+    /// stat'ed at all.
     func scan() {
         guard options.stdinFilename == nil else { return }
-        var stack: [RawPath] = options.paths.map { RawPath(Self.clean($0.hasPrefix("/") ? $0 : Self.currentDirectory() + "/" + $0)) }
         var files = 0
         var bytes: UInt64 = 0
-        var lastReport = 0
-        while let path = stack.popLast() {
-            if Task.isCancelled { return }
-            if !excludes.isEmpty && excludes.matches(path.bytes) { continue }
-            guard case .success(let info) = FileInfo.lstat(path) else { continue }
+        var directories: [RawPath] = []
+        func count(_ info: FileInfo, _ path: RawPath) {
             if info.isDirectory {
-                guard let dir = path.withCString({ opendir($0) }) else { continue }
-                while let entry = readdir(dir) {
-                    let name = withUnsafeBytes(of: entry.pointee.d_name) { raw -> [UInt8] in
-                        let b = raw.bindMemory(to: UInt8.self)
-                        return Array(b[..<(b.firstIndex(of: 0) ?? b.count)])
-                    }
-                    if name != [46] && name != [46, 46] { stack.append(path.appending(name)) }
-                }
-                closedir(dir)
-            } else if info.isRegular {
-                if let limit = options.excludeLargerThan, info.size > limit { continue }
+                directories.append(path)
+            } else if info.isRegular, options.excludeLargerThan.map({ info.size <= $0 }) ?? true {
                 files += 1
                 bytes += info.size
             }
+        }
+        for root in options.paths.map({ RawPath(Self.clean($0.hasPrefix("/") ? $0 : Self.currentDirectory() + "/" + $0)) }) {
+            if !excludes.isEmpty && excludes.matches(root.bytes) { continue }
+            if case .success(let info) = FileInfo.lstat(root) { count(info, root) }
+        }
+        var lastReport = 0
+        while let path = directories.popLast() {
+            if Task.isCancelled { return }
+            guard let dir = path.withCString({ opendir($0) }) else { continue }
+            let fd = dirfd(dir)
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw -> [UInt8] in
+                    let b = raw.bindMemory(to: UInt8.self)
+                    return Array(b[..<(b.firstIndex(of: 0) ?? b.count)])
+                }
+                if name == [46] || name == [46, 46] { continue }
+                let child = path.appending(name)
+                if !excludes.isEmpty && excludes.matches(child.bytes) { continue }
+                switch Int32(entry.pointee.d_type) {
+                case Int32(DT_DIR): directories.append(child)
+                case Int32(DT_REG), Int32(DT_UNKNOWN):
+                    if case .success(let info) = FileInfo.lstat(at: fd, name, path: child) { count(info, child) }
+                default: break
+                }
+            }
+            closedir(dir)
             if files - lastReport >= 1000 {
                 lastReport = files
-                progress.update { $0.totalFiles = files; $0.totalBytes = bytes }
+                progress.update { [files, bytes] in $0.totalFiles = files; $0.totalBytes = bytes }
             }
         }
-        progress.update { $0.totalFiles = files; $0.totalBytes = bytes; $0.scanDone = true }
+        progress.update { [files, bytes] in $0.totalFiles = files; $0.totalBytes = bytes; $0.scanDone = true }
     }
 
     // MARK: The root of the snapshot

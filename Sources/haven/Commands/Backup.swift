@@ -130,6 +130,7 @@ struct Backup: AsyncParsableCommand {
         o.compression = CompressionMode(rawValue: compression)!
         o.packSize = packSize << 20
         o.fileConcurrency = readConcurrency
+        o.countTotals = ProgressReporter.shows(global.output)
         if stdin { o.stdinFilename = stdinFilename }
         return o
     }
@@ -260,9 +261,14 @@ struct ProgressReporter: Sendable {
     let output: Output
     let progress: BackupProgress
 
+    /// Whether `run` prints anything with `output`: only then are the totals worth counting.
+    static func shows(_ output: Output) -> Bool {
+        output.json || (Terminal.stdoutIsTerminal && !output.quiet)
+    }
+
     func run() async {
         let terminal = Terminal.stdoutIsTerminal && !output.quiet
-        guard terminal || output.json else { return }
+        guard Self.shows(output) else { return }
         let start = Date()
         var lastBytes: UInt64 = 0
         var lastTime = start
