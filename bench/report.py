@@ -186,8 +186,9 @@ def main(outdir, results_md):
                f"corpora: {meta.get('corpora', '?')}; total run time {meta.get('elapsed', '?')}")
     out.append("- Page cache warm: each tool gets a fresh copy of the corpus at the same path, read once before its "
                "first backup (and again after the change to the next version).")
+    out.append("- Each step starts after an untimed `sync`, so writeback of what the previous step wrote is not charged to it.")
     out.append("- Order: each round runs the tools in turn on a corpus, starting with the next tool each round, so that "
-               "what one run leaves behind (dirty pages, freed inodes) does not always fall on the same tool.")
+               "what one run leaves behind (freed inodes, the filesystem's state) does not always fall on the same tool.")
     if "loop device" in meta.get("restore_fs", ""):
         out.append(f"- Restores write to {meta['restore_fs']}. (This machine's own ext4 has no journal; there, creating "
                    "files within minutes of a mass deletion costs up to a minute of system time, and that fell on whichever "

@@ -326,6 +326,9 @@ timed() {
         req0=$(python3 "$HERE/s3util.py" requests "$WEED_METRICS" 2>>"$LOGDIR/metrics.log") || req0=""
         cpu0=$(weed_cpu)
     fi
+    # Untimed: write back what earlier steps left dirty, so its I/O and the kernel's flusher threads do not
+    # land in this step (they would fall hardest on the faster tool, whose data is still in flight).
+    sync
     ( cd "${STEP_CWD:-$BENCH_DIR}" && exec /usr/bin/time -f '%e %U %S %M' -o "$tf" timeout "$STEP_TIMEOUT" "$@" ) >"$lf" 2>&1 || rc=$?
     if [ "$S3" = 1 ]; then
         server_cpu=$(python3 -c "print(round($(weed_cpu) - $cpu0, 2))")

@@ -342,6 +342,57 @@ private func hasIssue(_ issues: [RestoreIssue], _ path: String) -> Bool { hasIss
         }
     }
 
+    /// Enough entries that files are created on two threads: into fresh directories, into directories that
+    /// already exist (where the overwrite policy applies), with hard links across directories.
+    @Test func manyEntriesCreatedOnTwoThreads() async throws {
+        let fx = try await Fixture.make()
+        var dirs: [Node] = []
+        var expected: [String: [UInt8]] = [:]
+        for d in 0..<20 {
+            var nodes: [Node] = []
+            for f in 0..<20 {
+                let name = String(format: "d%02d/f%02d", d, f)
+                let data = bytes("content of \(name)")
+                expected[name] = data
+                nodes.append(file(String(format: "f%02d", f), [try await fx.blob(data)]))
+            }
+            nodes.append(symlink("up", ".."))
+            // Refused by the plan, so its error is reported before those of the run: issues come out by path.
+            if d == 19 { nodes.append(file("bad/name", [])) }
+            if d == 0 || d == 19 {
+                var link = file(d == 0 ? "link-a" : "link-b", [try await fx.blob(bytes("linked"))])
+                link.links = 2
+                link.inode = 4242
+                link.deviceID = 7
+                nodes.append(link)
+            }
+            dirs.append(dir(String(format: "d%02d", d), try await fx.tree(nodes.sorted { $0.name.lexicographicallyPrecedes($1.name) })))
+        }
+        let root = try await fx.snapshot(dirs)
+
+        let target = makeTempDir()
+        defer { removeTree(target) }
+        // Two existing directories, each with a directory where a file is to be restored (an error), and a
+        // stale file that is replaced.
+        for conflict in ["d05/f07", "d02/f11"] {
+            #expect(mkdir(target + "/" + String(conflict.prefix(3)), 0o755) == 0 || errno == EEXIST)
+            #expect(mkdir(target + "/" + conflict, 0o755) == 0)
+        }
+        writeFile(join(target, "d05/f01"), bytes("stale"))
+        let (plan, result) = try await runRestore(fx, tree: root, target: target)
+        #expect(plan.fileCount == 401)
+        #expect(result.errors.map { String(decoding: $0.path, as: UTF8.self) } == ["d02/f11", "d05/f07", "d19/bad/name"])
+        #expect(result.filesRestored == 399)
+        #expect(result.hardLinksRestored == 1 && result.symlinksRestored == 20)
+        for (name, data) in expected where name != "d05/f07" && name != "d02/f11" {
+            #expect(readFile(join(target, name)) == data, "\(name)")
+        }
+        let a = try #require(lstatPath(join(target, "d00/link-a"))), b = try #require(lstatPath(join(target, "d19/link-b")))
+        #expect(a.st_ino == b.st_ino && a.st_nlink == 2)
+        #expect(readFile(join(target, "d19/link-b")) == bytes("linked"))
+        #expect(readLink(join(target, "d13/up")) == bytes(".."))
+    }
+
     @Test func deviceNodesNeedRoot() async throws {
         let fx = try await Fixture.make()
         var null = Node(name: bytes("null"), type: .chardev)
@@ -684,6 +735,34 @@ private func hasIssue(_ issues: [RestoreIssue], _ path: String) -> Bool { hasIss
         #expect(readFile(join(t2, "ok.txt")) == bytes("good"))
         #expect(!exists(join(t2, "loop/again")))
         #expect(result.errors.count == 1)
+    }
+
+    /// A blob stored under an ID its plaintext does not hash to (a bug or tampering with a valid key) fails
+    /// only the file that uses it, also when it is checked in a batch with others.
+    @Test func blobNotMatchingItsIDFailsOnlyItsFile() async throws {
+        let fx = try await Fixture.make()
+        var nodes: [Node] = []
+        var expected: [String: [UInt8]] = [:]
+        for k in 0..<20 {
+            let data = pseudoRandom(3_000 + k * 100, seed: 300 + UInt64(k))
+            let name = String(format: "f%02d", k)
+            if k == 11 {
+                let wrong = ID.hash(bytes("something else"))
+                _ = try await fx.writer.save(.data, id: wrong, plaintext: data)
+                nodes.append(file(name, [wrong]))
+            } else {
+                nodes.append(file(name, [try await fx.blob(data)]))
+                expected[name] = data
+            }
+        }
+        let root = try await fx.snapshot(nodes)
+        let target = makeTempDir()
+        defer { removeTree(target) }
+        let (_, r) = try await runRestore(fx, tree: root, target: target)
+        #expect(r.errors.map(\.path) == [bytes("f11")])
+        #expect(r.errors.first?.message.contains("does not match its ID") == true)
+        #expect(r.filesRestored == 19)
+        for (name, data) in expected { #expect(readFile(join(target, name)) == data, "\(name)") }
     }
 
     @Test func damagedBlobFailsOnlyItsFile() async throws {

@@ -228,6 +228,12 @@ final class RestoreRun: @unchecked Sendable {
 
     static func isFatal(_ e: HavenError) -> Bool { e.code == .noSpace || e.code == .cancelled }
 
+    static func byPath(_ issues: [RestoreIssue]) -> [RestoreIssue] {
+        issues.enumerated().sorted { a, b in
+            a.element.path == b.element.path ? a.offset < b.offset : a.element.path.lexicographicallyPrecedes(b.element.path)
+        }.map(\.element)
+    }
+
     func result() -> RestoreResult {
         var r = RestoreResult()
         let s = shared.withLock { $0 }
@@ -253,31 +259,30 @@ final class RestoreRun: @unchecked Sendable {
                 break
             }
         }
-        r.errors = s.errors
-        r.warnings = s.warnings
+        // Entries are created on two threads, so issues arrive in no fixed order: report them by path.
+        r.errors = Self.byPath(s.errors)
+        r.warnings = Self.byPath(s.warnings)
         return r
     }
 
     // MARK: Phase 1: create entries
 
-    enum Slot { case create, keep, skip }
+    enum Slot { case create, keep(UInt64?), skip }
 
+    /// Creates the entries in three passes: directories in plan order (parents first), then files, symlinks
+    /// and special files on two threads (each needs only its directory), then hard links (each needs its
+    /// primary file).
     func createEntries() throws {
+        var leaves: [Int] = [], links: [Int] = []
         for i in entries.indices {
-            try Self.checkCancelled()
-            let e = entries[i]
-            if let p = e.parent, states[p] != .created && states[p] != .kept {
-                states[i] = .blocked
-                continue
-            }
-            do {
-                states[i] = try createEntry(i)
-            } catch let err as HavenError {
-                if Self.isFatal(err) { throw err }
-                addError(e.path, err.message)
-                states[i] = .failed
+            switch entries[i].action {
+            case .directory: try createInOrder(i, dirs: dirs)
+            case .hardLink: links.append(i)
+            default: leaves.append(i)
             }
         }
+        try createConcurrently(leaves)
+        for i in links { try createInOrder(i, dirs: dirs) }
         // Files that get no content writes are finished now.
         shared.withLock { s in
             for (i, e) in entries.enumerated() where e.action == .file {
@@ -290,43 +295,115 @@ final class RestoreRun: @unchecked Sendable {
         report()
     }
 
-    func createEntry(_ i: Int) throws -> State {
+    /// Creates entry `i` once its directory is there, and records its state.
+    private func createInOrder(_ i: Int, dirs: RestoreDirectories) throws {
+        let (state, inode) = try createChecked(i, dirs: dirs, parentState: entries[i].parent.map { states[$0] })
+        states[i] = state
+        if let inode { inodes[i] = inode }
+    }
+
+    /// The state entry `i` ends in (created, or why not) and the inode of a hard-link primary. Throws only
+    /// what stops the whole restore.
+    private func createChecked(_ i: Int, dirs: RestoreDirectories, parentState: State?) throws -> (State, UInt64?) {
+        try Self.checkCancelled()
+        if let parentState, parentState != .created && parentState != .kept { return (.blocked, nil) }
+        do {
+            return try createEntry(i, dirs: dirs, inFreshDirectory: parentState == .created)
+        } catch let err as HavenError {
+            if Self.isFatal(err) { throw err }
+            addError(entries[i].path, err.message)
+            return (.failed, nil)
+        }
+    }
+
+    /// Creates `indices` (none of them a directory or hard link) on two threads, each with its own cache
+    /// of directory descriptors. Small batches are not worth a thread.
+    private func createConcurrently(_ indices: [Int]) throws {
+        let workers = indices.count >= 256 ? 2 : 1
+        if workers == 1 {
+            for i in indices { try createInOrder(i, dirs: dirs) }
+            return
+        }
+        let parentStates = indices.map { entries[$0].parent.map { states[$0] } }
+        let results = Locked<[(Int, State)]>([])
+        let foundInodes = Locked<[Int: UInt64]>([:])
+        let fatal = Locked<(any Error)?>(nil)
+        let slice = (indices.count + workers - 1) / workers
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
+            let own = w == 0 ? dirs : dirs.sibling()
+            var done: [(Int, State)] = []
+            var inodesSeen: [Int: UInt64] = [:]
+            done.reserveCapacity(slice)
+            for k in (w * slice)..<min(indices.count, (w + 1) * slice) {
+                if fatal.withLock({ $0 != nil }) { break }
+                do {
+                    let i = indices[k]
+                    let (state, inode) = try createChecked(i, dirs: own, parentState: parentStates[k])
+                    done.append((i, state))
+                    if let inode { inodesSeen[i] = inode }
+                } catch {
+                    fatal.withLock { $0 = $0 ?? error }
+                    break
+                }
+            }
+            results.withLock { $0 += done }
+            foundInodes.withLock { $0.merge(inodesSeen) { a, _ in a } }
+        }
+        for (i, state) in results.withLock({ $0 }) { states[i] = state }
+        inodes.merge(foundInodes.withLock { $0 }) { a, _ in a }
+        if let error = fatal.withLock({ $0 }) { throw error }
+    }
+
+    /// Creates entry `i`; returns its state and, for a file that other entries are hard links to, its
+    /// inode. In a directory this run created, nothing can be in the way, so the overwrite policy is not
+    /// consulted (O_EXCL and friends would still refuse to replace anything).
+    func createEntry(_ i: Int, dirs: RestoreDirectories, inFreshDirectory: Bool) throws -> (State, UInt64?) {
         let e = entries[i]
         switch e.action {
         case .hardLink(let primary):
             switch states[primary] {
             case .created, .kept: break
-            case .skipped: return .skipped
+            case .skipped: return (.skipped, nil)
             default:
                 throw HavenError(.io, "hard link target \(RestorePath.display(entries[primary].path)) was not restored; link not created")
             }
             return try dirs.with(e.parent, entries[primary].parent) { pfd, primaryParent in
-                switch try prepare(i, pfd) {
-                case .keep: return .kept
-                case .skip: return .skipped
-                case .create: break
+                if !inFreshDirectory {
+                    switch try prepare(i, pfd) {
+                    case .keep: return (.kept, nil)
+                    case .skip: return (.skipped, nil)
+                    case .create: break
+                    }
                 }
                 let rc = RestoreFS.withCString(entries[primary].name) { from in
                     RestoreFS.withCString(e.name) { to in linkat(primaryParent, from, pfd, to, 0) }
                 }
                 guard rc == 0 else { throw RestoreFS.failure("create the hard link to \(RestorePath.display(entries[primary].path))", e.path) }
-                return .created
+                return (.created, nil)
             }
         case .device where !isRoot:
             addWarning(e.path, "device node not restored: creating device nodes needs root")
-            return .skipped
+            return (.skipped, nil)
         default:
-            return try dirs.with(e.parent) { pfd in try create(i, pfd) }
+            return try dirs.with(e.parent) { pfd in
+                if !inFreshDirectory {
+                    switch try prepare(i, pfd) {
+                    case .keep(let inode): return (.kept, inode)
+                    case .skip: return (.skipped, nil)
+                    case .create: break
+                    }
+                }
+                return try create(i, pfd)
+            }
         }
     }
 
-    private func create(_ i: Int, _ pfd: Int32) throws -> State {
+    /// Whether other entries of the plan are hard links to file entry `e`.
+    private static func isLinkPrimary(_ e: RestorePlan.Entry) -> Bool { e.node.links > 1 && e.node.inode != 0 }
+
+    private func create(_ i: Int, _ pfd: Int32) throws -> (State, UInt64?) {
         let e = entries[i]
-        switch try prepare(i, pfd) {
-        case .keep: return .kept
-        case .skip: return .skipped
-        case .create: break
-        }
+        var inode: UInt64?
         switch e.action {
         case .directory:
             let rc = RestoreFS.withCString(e.name) { mkdirat(pfd, $0, 0o700) }
@@ -339,7 +416,7 @@ final class RestoreRun: @unchecked Sendable {
                 throw RestoreFS.failure("set the file's size to \(e.size) bytes", e.path)
             }
             var st = stat()
-            if fstat(fd, &st) == 0 { inodes[i] = UInt64(st.st_ino) }
+            if Self.isLinkPrimary(e) && fstat(fd, &st) == 0 { inode = UInt64(st.st_ino) }
         case .symlink:
             let rc = RestoreFS.withCString(e.node.linkTarget) { target in
                 RestoreFS.withCString(e.name) { symlinkat(target, pfd, $0) }
@@ -355,18 +432,18 @@ final class RestoreRun: @unchecked Sendable {
                 let err = errno
                 if err == EPERM {
                     addWarning(e.path, "device node not restored: the system refused to create it (\(Errno(err)))")
-                    return .skipped
+                    return (.skipped, nil)
                 }
                 throw RestoreFS.failure("create the device node", e.path, err)
             }
         case .hardLink:
             preconditionFailure("hard links are created by createEntry")
         }
-        return .created
+        return (.created, inode)
     }
 
     /// Looks at what exists at the entry's name and applies the overwrite policy: removes a replaceable
-    /// entry, or says to keep or skip it.
+    /// entry, or says to keep (with the inode of a kept hard-link primary) or skip it.
     private func prepare(_ i: Int, _ pfd: Int32) throws -> Slot {
         let e = entries[i]
         guard let st = RestoreFS.lstat(pfd, e.name) else {
@@ -376,7 +453,7 @@ final class RestoreRun: @unchecked Sendable {
         }
         let type = RestoreFS.fileType(st)
         if e.action == .directory {
-            if type == UInt32(S_IFDIR) { return .keep }
+            if type == UInt32(S_IFDIR) { return .keep(nil) }
             if options.overwrite == .never {
                 addWarning(e.path, "directory not restored: something else exists with this name and the overwrite policy is \"never\"")
                 return .skip
@@ -398,8 +475,7 @@ final class RestoreRun: @unchecked Sendable {
             }
         case .ifChanged:
             if unchanged(i, pfd, st) {
-                if e.action == .file { inodes[i] = UInt64(st.st_ino) }
-                return .keep
+                return .keep(e.action == .file && Self.isLinkPrimary(e) ? UInt64(st.st_ino) : nil)
             }
         }
         try remove(e, pfd)
