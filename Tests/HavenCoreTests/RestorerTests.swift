@@ -393,6 +393,35 @@ private func hasIssue(_ issues: [RestoreIssue], _ path: String) -> Bool { hasIss
         #expect(readLink(join(target, "d13/up")) == bytes(".."))
     }
 
+    /// Listings are loaded ahead of the walk, several at once, each once; one that cannot be loaded costs only
+    /// its directory.
+    @Test func planLoadsListingsAheadOnce() async throws {
+        let fx = try await Fixture.make()
+        var dirs: [Node] = []
+        var broken: ID?
+        for d in 0..<30 {
+            let sub = try await fx.tree([file("inner", [try await fx.blob(bytes("in \(d)"))])])
+            if d == 17 { broken = sub }
+            dirs.append(dir(String(format: "d%02d", d), sub))
+        }
+        let root = try await fx.snapshot(dirs)
+        let failing = try #require(broken)
+        let loads = Locked<(count: [ID: Int], inFlight: Int, most: Int)>(([:], 0, 0))
+        let repo = fx.repo
+        let plan = try await Restorer.plan(repository: repo, tree: root, subpath: "", options: RestoreOptions(target: "/unused")) { id in
+            loads.withLock { $0.count[id, default: 0] += 1; $0.inFlight += 1; $0.most = max($0.most, $0.inFlight) }
+            defer { loads.withLock { $0.inFlight -= 1 } }
+            try await Task.sleep(for: .milliseconds(2))
+            if id == failing { throw HavenError(.corrupt, "listing damaged") }
+            return try await repo.loadTree(id)
+        }
+        let seen = loads.withLock { $0 }
+        #expect(seen.count.count == 31 && seen.count.values.allSatisfy { $0 == 1 })
+        #expect(seen.most > 1, "listings were loaded one at a time")
+        #expect(plan.errors.map(\.path) == [bytes("d17")])
+        #expect(plan.fileCount == 29)
+    }
+
     @Test func deviceNodesNeedRoot() async throws {
         let fx = try await Fixture.make()
         var null = Node(name: bytes("null"), type: .chardev)

@@ -134,6 +134,9 @@ struct RestoreSelector: Sendable {
         filter = options.filter
     }
 
+    /// Whether every entry is restored (no patterns, no filter), so every directory is visited.
+    var selectsEverything: Bool { includes.isEmpty && excludes.isEmpty && filter == nil }
+
     struct Decision {
         /// Restore this entry.
         var restore: Bool

@@ -94,7 +94,10 @@ public enum Restorer {
                      loadTree: @escaping @Sendable (ID) async throws -> Tree) async throws -> RestorePlan {
         let components = try splitSubpath(subpath)
         let (start, ancestors) = try await resolve(loadTree: loadTree, tree: tree, components: components, maxDepth: options.maxDepth)
-        var planner = Planner(repository: repository, options: options, loadTree: loadTree)
+        let prefetcher = TreePrefetcher(load: loadTree)
+        defer { prefetcher.cancelAll() }
+        var planner = Planner(repository: repository, options: options, loadTree: { try await prefetcher.tree($0) })
+        if planner.selector.selectsEverything { planner.prefetch = { prefetcher.prefetch($0) } }
         switch start {
         case .tree(let id):
             let root = try await loadTree(id)
@@ -162,6 +165,39 @@ public enum Restorer {
     }
 }
 
+/// Loads directory listings ahead of a depth-first walk, on other threads: up to `limit` listings are in
+/// flight or waiting to be used at once.
+final class TreePrefetcher: Sendable {
+    let load: @Sendable (ID) async throws -> Tree
+    let limit: Int
+    private let pending = Locked<[ID: Task<Tree, any Error>]>([:])
+
+    init(load: @escaping @Sendable (ID) async throws -> Tree, limit: Int = 64) {
+        self.load = load
+        self.limit = limit
+    }
+
+    /// Starts loading `ids` not already started, while fewer than `limit` are pending.
+    func prefetch(_ ids: [ID]) {
+        pending.withLock { pending in
+            for id in ids where pending.count < limit && pending[id] == nil {
+                pending[id] = Task { [load] in try await load(id) }
+            }
+        }
+    }
+
+    /// The listing `id`: the prefetched one if it was started (its error, if loading failed), else loaded now.
+    func tree(_ id: ID) async throws -> Tree {
+        if let task = pending.withLock({ $0.removeValue(forKey: id) }) { return try await task.value }
+        return try await load(id)
+    }
+
+    /// Stops the loads nobody will use.
+    func cancelAll() {
+        for task in pending.withLock({ p in defer { p = [:] }; return Array(p.values) }) { task.cancel() }
+    }
+}
+
 /// Walks trees and fills a plan. Used by one task.
 struct Planner {
     let repository: Repository
@@ -169,6 +205,8 @@ struct Planner {
     let selector: RestoreSelector
     let maxDepth: Int
     var plan: RestorePlan
+    /// Starts loading the listings of directories about to be visited (set when every directory is).
+    var prefetch: (@Sendable ([ID]) -> Void)?
     /// (device, inode) of hard-linked files already planned → their entry index.
     var hardLinks: [HardLinkKey: Int] = [:]
 
@@ -196,6 +234,7 @@ struct Planner {
                               ancestors: [ID], depth: Int, parentSelected: Bool) async throws -> Bool {
         var seen = Set<[UInt8]>()
         var planned = false
+        prefetch?(tree.nodes.compactMap { $0.type == .dir ? $0.subtree : nil }.filter { !ancestors.contains($0) })
         for node in tree.nodes {
             if Task.isCancelled { throw HavenError(.cancelled, "restore cancelled while planning") }
             let path = RestorePath.join(relPath, node.name)

@@ -567,6 +567,8 @@ final class RestoreRun: @unchecked Sendable {
         remaining = []
         let uses = planned
         planned = []
+        // Each read range is a job of its own, so a few large packs still keep every worker busy.
+        runs = runs.flatMap { readRuns($0, of: uses) }
         try await forEachConcurrently(runs, limit: max(1, options.packConcurrency)) { run in
             var blobs: [PackBlob] = []
             for u in uses[run] {
@@ -578,6 +580,29 @@ final class RestoreRun: @unchecked Sendable {
             }
             try await self.restorePack(PackJob(pack: sortedPacks[Int(uses[run.lowerBound].pack)], blobs: blobs))
         }
+    }
+
+    /// Splits the uses of one pack (sorted by offset) where `ranges` would split their blobs into read ranges;
+    /// the uses of one blob stay together.
+    func readRuns(_ run: Range<Int>, of uses: [PlannedUse]) -> [Range<Int>] {
+        var out: [Range<Int>] = []
+        var first = run.lowerBound
+        var start = 0, end = 0
+        for k in run {
+            let s = Int(uses[k].blob.offset), t = s + Int(uses[k].blob.length)
+            if k > first && s != Int(uses[k - 1].blob.offset) && (s - end > options.maxReadGap || t - start > options.maxReadSize) {
+                out.append(first..<k)
+                first = k
+            }
+            if k == first {
+                start = s
+                end = t
+            } else {
+                end = max(end, t)
+            }
+        }
+        if first < run.upperBound { out.append(first..<run.upperBound) }
+        return out
     }
 
     /// Splits a pack's needed blobs (sorted by offset) into read ranges.
