@@ -331,10 +331,7 @@ public final class Archiver: Sendable {
             guard let dir = path.withCString({ opendir($0) }) else { continue }
             let fd = dirfd(dir)
             while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw -> [UInt8] in
-                    let b = raw.bindMemory(to: UInt8.self)
-                    return Array(b[..<(b.firstIndex(of: 0) ?? b.count)])
-                }
+                let name = FileSystem.entryName(entry)
                 if name == [46] || name == [46, 46] { continue }
                 let child = path.appending(name)
                 if !excludes.isEmpty && excludes.matches(child.bytes) { continue }
@@ -617,10 +614,7 @@ public final class Archiver: Sendable {
             guard let dir = opendir(p) else { return false }
             defer { closedir(dir) }
             while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw -> [UInt8] in
-                    let b = raw.bindMemory(to: UInt8.self)
-                    return Array(b[..<(b.firstIndex(of: 0) ?? b.count)])
-                }
+                let name = FileSystem.entryName(entry)
                 if name == [46] || name == [46, 46] { continue }
                 names.append(name)
             }

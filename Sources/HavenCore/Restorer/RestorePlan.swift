@@ -5,6 +5,10 @@
 /// has a smaller index. Entries the planner refused (hostile or damaged) are not in `entries`; they are
 /// listed in `errors`, and nothing beneath them is planned.
 public struct RestorePlan: Sendable {
+    /// Whether the file `node` may share its inode with other entries: the planner makes the first such
+    /// entry of an inode the primary that later ones are hard links to.
+    static func mayBeHardLinked(_ node: Node) -> Bool { node.links > 1 && node.inode != 0 }
+
     /// What the executor does for an entry.
     public enum Action: Sendable, Equatable {
         /// A directory (an existing one is reused).
@@ -234,7 +238,9 @@ struct Planner {
                               ancestors: [ID], depth: Int, parentSelected: Bool) async throws -> Bool {
         var seen = Set<[UInt8]>()
         var planned = false
-        prefetch?(tree.nodes.compactMap { $0.type == .dir ? $0.subtree : nil }.filter { !ancestors.contains($0) })
+        if depth + 1 <= maxDepth {
+            prefetch?(tree.nodes.compactMap { $0.type == .dir ? $0.subtree : nil }.filter { !ancestors.contains($0) })
+        }
         for node in tree.nodes {
             if Task.isCancelled { throw HavenError(.cancelled, "restore cancelled while planning") }
             let path = RestorePath.join(relPath, node.name)
@@ -295,7 +301,7 @@ struct Planner {
             switch node.type {
             case .file:
                 let key = HardLinkKey(device: node.deviceID, inode: node.inode)
-                let linked = node.links > 1 && node.inode != 0
+                let linked = RestorePlan.mayBeHardLinked(node)
                 if linked, let primary = hardLinks[key] {
                     plan.entries.append(RestorePlan.Entry(path: path, parent: dirIndex, node: node, action: .hardLink(to: primary), size: 0))
                     planned = true

@@ -398,9 +398,6 @@ final class RestoreRun: @unchecked Sendable {
         }
     }
 
-    /// Whether other entries of the plan are hard links to file entry `e`.
-    private static func isLinkPrimary(_ e: RestorePlan.Entry) -> Bool { e.node.links > 1 && e.node.inode != 0 }
-
     private func create(_ i: Int, _ pfd: Int32) throws -> (State, UInt64?) {
         let e = entries[i]
         var inode: UInt64?
@@ -416,7 +413,7 @@ final class RestoreRun: @unchecked Sendable {
                 throw RestoreFS.failure("set the file's size to \(e.size) bytes", e.path)
             }
             var st = stat()
-            if Self.isLinkPrimary(e) && fstat(fd, &st) == 0 { inode = UInt64(st.st_ino) }
+            if RestorePlan.mayBeHardLinked(e.node) && fstat(fd, &st) == 0 { inode = UInt64(st.st_ino) }
         case .symlink:
             let rc = RestoreFS.withCString(e.node.linkTarget) { target in
                 RestoreFS.withCString(e.name) { symlinkat(target, pfd, $0) }
@@ -475,7 +472,7 @@ final class RestoreRun: @unchecked Sendable {
             }
         case .ifChanged:
             if unchanged(i, pfd, st) {
-                return .keep(e.action == .file && Self.isLinkPrimary(e) ? UInt64(st.st_ino) : nil)
+                return .keep(e.action == .file && RestorePlan.mayBeHardLinked(e.node) ? UInt64(st.st_ino) : nil)
             }
         }
         try remove(e, pfd)
@@ -582,8 +579,9 @@ final class RestoreRun: @unchecked Sendable {
         }
     }
 
-    /// Splits the uses of one pack (sorted by offset) where `ranges` would split their blobs into read ranges;
-    /// the uses of one blob stay together.
+    /// Splits the uses of one pack (sorted by offset) into read ranges: a new range starts where the gap to
+    /// the previous blob exceeds `maxReadGap` or the range would exceed `maxReadSize`. The uses of one blob
+    /// stay together.
     func readRuns(_ run: Range<Int>, of uses: [PlannedUse]) -> [Range<Int>] {
         var out: [Range<Int>] = []
         var first = run.lowerBound
@@ -605,74 +603,51 @@ final class RestoreRun: @unchecked Sendable {
         return out
     }
 
-    /// Splits a pack's needed blobs (sorted by offset) into read ranges.
-    func ranges(_ blobs: [PackBlob]) -> [[PackBlob]] {
-        var out: [[PackBlob]] = []
-        var current: [PackBlob] = []
-        var start = 0, end = 0
-        for b in blobs {
-            let s = Int(b.blob.offset), t = s + Int(b.blob.length)
-            if !current.isEmpty && (s - end > options.maxReadGap || t - start > options.maxReadSize) {
-                out.append(current)
-                current = []
-            }
-            if current.isEmpty {
-                start = s
-                end = t
-            } else {
-                end = max(end, t)
-            }
-            current.append(b)
-        }
-        if !current.isEmpty { out.append(current) }
-        return out
-    }
-
+    /// Restores the blobs of one read range of a pack (see `readRuns`).
     func restorePack(_ job: PackJob) async throws {
         var files = OpenFiles()
         defer { files.closeAll() }
-        for range in ranges(job.blobs) {
+        let range = job.blobs
+        try Self.checkCancelled()
+        let start = Int(range[0].blob.offset)
+        let end = range.map { Int($0.blob.offset) + Int($0.blob.length) }.max()!
+        let bytes: [UInt8]
+        do {
+            bytes = try await repository.storage.load(Handle(.pack, job.pack), offset: start, length: end - start)
+            guard bytes.count == end - start else {
+                throw HavenError(.corrupt, "pack \(job.pack.short) is shorter than the index says")
+            }
+        } catch let e as HavenError where e.code == .cancelled {
+            throw e
+        } catch {
+            let message = (error as? HavenError)?.description ?? "\(error)"
+            for b in range { failUses(b, "cannot read pack \(job.pack.short): \(message)") }
+            return
+        }
+        for b in range {
             try Self.checkCancelled()
-            let start = Int(range[0].blob.offset)
-            let end = range.map { Int($0.blob.offset) + Int($0.blob.length) }.max()!
-            let bytes: [UInt8]
+            let plain: [UInt8]
             do {
-                bytes = try await repository.storage.load(Handle(.pack, job.pack), offset: start, length: end - start)
-                guard bytes.count == end - start else {
-                    throw HavenError(.corrupt, "pack \(job.pack.short) is shorter than the index says")
+                let from = Int(b.blob.offset) - start
+                plain = try bytes.withUnsafeBytes { raw in
+                    try repository.decryptBlob(UnsafeRawBufferPointer(rebasing: raw[from..<(from + Int(b.blob.length))]), b.blob, pack: job.pack)
                 }
-            } catch let e as HavenError where e.code == .cancelled {
-                throw e
             } catch {
-                let message = (error as? HavenError)?.description ?? "\(error)"
-                for b in range { failUses(b, "cannot read pack \(job.pack.short): \(message)") }
+                failUses(b, (error as? HavenError)?.description ?? "\(error)")
                 continue
             }
-            for b in range {
-                try Self.checkCancelled()
-                let plain: [UInt8]
-                do {
-                    let from = Int(b.blob.offset) - start
-                    plain = try bytes.withUnsafeBytes { raw in
-                        try repository.decryptBlob(UnsafeRawBufferPointer(rebasing: raw[from..<(from + Int(b.blob.length))]), b.blob, pack: job.pack)
+            let zero = plain.withUnsafeBytes { RestoreFS.isAllZero($0) }
+            for use in b.uses {
+                if !zero && !isFailed(use.entry) {
+                    do {
+                        try write(plain, use, &files)
+                    } catch let err as HavenError {
+                        if Self.isFatal(err) { throw err }
+                        fail(use.entry, err.message)
+                        files.close(use.entry)
                     }
-                } catch {
-                    failUses(b, (error as? HavenError)?.description ?? "\(error)")
-                    continue
                 }
-                let zero = plain.withUnsafeBytes { RestoreFS.isAllZero($0) }
-                for use in b.uses {
-                    if !zero && !isFailed(use.entry) {
-                        do {
-                            try write(plain, use, &files)
-                        } catch let err as HavenError {
-                            if Self.isFatal(err) { throw err }
-                            fail(use.entry, err.message)
-                            files.close(use.entry)
-                        }
-                    }
-                    finish(use.entry, bytes: UInt64(plain.count))
-                }
+                finish(use.entry, bytes: UInt64(plain.count))
             }
         }
     }

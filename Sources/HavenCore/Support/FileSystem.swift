@@ -33,6 +33,14 @@ enum FileSystem {
     }
 
     /// Names in a directory, without "." and "..".
+    /// The name of a directory entry returned by `readdir`, as bytes.
+    static func entryName(_ entry: UnsafeMutablePointer<dirent>) -> [UInt8] {
+        withUnsafeBytes(of: entry.pointee.d_name) { raw in
+            let b = raw.bindMemory(to: UInt8.self)
+            return Array(b[..<(b.firstIndex(of: 0) ?? b.count)])
+        }
+    }
+
     static func listDirectory(_ path: String) throws -> [String] {
         guard let dir = opendir(path) else { throw HavenError.system("cannot list", path) }
         defer { closedir(dir) }
