@@ -4,6 +4,7 @@ import Testing
 import Crypto
 import _CryptoExtras
 import HavenKDF
+import CHavenShims
 
 // MARK: - Helpers
 
@@ -261,6 +262,46 @@ extension CryptoTests {
     }
 
     // MARK: - AES
+
+    @Suite struct SHA256PairTests {
+        /// Lengths around the block size and its padding boundary (55, 56, 64), zero, and ones that
+        /// leave the two messages far apart, so either one runs on alone after the shared blocks.
+        static let lengths = [0, 1, 55, 56, 63, 64, 65, 119, 120, 128, 1000, 4096, 65_537, 1 << 20]
+
+        static let x: [UInt8] = { var g = SplitMix(state: 91); return g.bytes((1 << 20) + 3) }()
+        static let y: [UInt8] = { var g = SplitMix(state: 92); return g.bytes(1 << 20) }()
+
+        @Test(arguments: lengths)
+        func pairMatchesOneAtATime(_ a: Int) {
+            let x = Self.x, y = Self.y
+            for b in Self.lengths {
+                // Unaligned starts, too.
+                x.withUnsafeBytes { xs in
+                    y.withUnsafeBytes { ys in
+                        let ma = UnsafeRawBufferPointer(rebasing: xs[3..<(3 + a)])
+                        let mb = UnsafeRawBufferPointer(rebasing: ys[0..<b])
+                        #expect(ma.count == a)
+                        let (da, db) = ID.hashPair(ma, mb)
+                        #expect(da == ID(Array(SHA256.hash(data: ma))), "a: \(ma.count) bytes with b: \(b)")
+                        #expect(db == ID(Array(SHA256.hash(data: mb))), "b: \(b) bytes with a: \(ma.count)")
+                    }
+                }
+            }
+        }
+
+        @Test(.enabled(if: ID.pairsInHardware, "this CPU has no SHA extensions"))
+        func hardwarePathIsTaken() {
+            // The FIPS 180-4 example "abc" and the two-block example, through the C code directly.
+            var digest = [UInt8](repeating: 0, count: 32)
+            haven_sha256(Array("abc".utf8), 3, &digest)
+            #expect(toHex(digest) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+            let two = Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8)
+            var other = [UInt8](repeating: 0, count: 32)
+            haven_sha256_pair(two, two.count, &digest, [], 0, &other)
+            #expect(toHex(digest) == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
+            #expect(toHex(other) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        }
+    }
 
     @Suite struct AESTests {
         /// NIST SP 800-38A, F.5.5 CTR-AES256.Encrypt.

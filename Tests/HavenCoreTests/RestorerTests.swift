@@ -794,6 +794,55 @@ private func hasIssue(_ issues: [RestoreIssue], _ path: String) -> Bool { hasIss
         for (name, data) in expected { #expect(readFile(join(target, name)) == data, "\(name)") }
     }
 
+    @Test("openBlobs hands out every blob once, in order; damage in a pair, alone or past the stretch costs only its blob")
+    func openBlobsInPairs() async throws {
+        let fx = try await Fixture.make()
+        // Blobs 0…7; 1 does not match its ID (second of a pair), 2 fails its MAC (so 3 and 4 pair up
+        // next), 6 does not match its ID (first of a pair), 7 is listed past the end of the stretch.
+        var data: [[UInt8]] = []
+        var ids: [ID] = []
+        for k in 0..<7 {
+            let d = pseudoRandom(1_000 + k * 977, seed: 700 + UInt64(k))
+            data.append(d)
+            if k == 1 || k == 6 {
+                let wrong = ID.hash(bytes("not blob \(k)"))
+                _ = try await fx.writer.save(.data, id: wrong, plaintext: d)
+                ids.append(wrong)
+            } else {
+                ids.append(try await fx.blob(d))
+            }
+        }
+        try await fx.flush()
+        let locs = try ids.map { try #require(fx.repo.index.lookup($0, .data)) }
+        #expect(Set(locs.map(\.pack)).count == 1)
+        var blobs = locs.map(\.blob).sorted { $0.offset < $1.offset }
+        #expect(blobs.map(\.id) == ids)
+        var beyond = blobs[6]
+        beyond.offset += 100_000
+        blobs.append(beyond)
+        let base = Int(blobs[0].offset)
+        var raw = try await fx.repo.storage.load(Handle(.pack, locs[0].pack))
+        raw[Int(blobs[2].offset) + 40] ^= 1
+        let stretch = Array(raw[base..<Int(blobs[6].offset + blobs[6].length)])
+        var seen: [Int] = []
+        var failed: [Int: String] = [:]
+        stretch.withUnsafeBytes { bytes in
+            fx.repo.openBlobs(blobs, in: bytes, at: base, pack: locs[0].pack) { i, result in
+                seen.append(i)
+                switch result {
+                case .success(let plain): #expect(plain == data[i], "blob \(i)")
+                case .failure(let e): failed[i] = e.message
+                }
+            }
+        }
+        #expect(seen == Array(0..<8))
+        #expect(failed.keys.sorted() == [1, 2, 6, 7])
+        #expect(failed[1]?.contains("does not match its ID") == true)
+        #expect(failed[2]?.contains("MAC") == true)
+        #expect(failed[6]?.contains("does not match its ID") == true)
+        #expect(failed[7]?.contains("beyond the end") == true)
+    }
+
     @Test func damagedBlobFailsOnlyItsFile() async throws {
         let fx = try await Fixture.make()
         let a = pseudoRandom(20_000, seed: 21), b = pseudoRandom(20_000, seed: 22)

@@ -55,4 +55,13 @@ int haven_poly1305_avx512_available(void);
 /// Uses AVX-512 IFMA or AVX2 for the bulk when available and the message is long enough to pay for it
 /// (256 and 384 bytes), a portable 64-bit scalar path otherwise. Any CPU, any architecture.
 void haven_poly1305_mac(const uint8_t *message, size_t length, const uint8_t r[16], const uint8_t s[16], uint8_t tag[16]);
+
+/// 1 when this CPU has the SHA extensions and SSE4.1 (x86-64), so haven_sha256 and haven_sha256_pair
+/// may be called; else 0 (they must not be called).
+int haven_sha256_hw_available(void);
+/// SHA-256 of `length` bytes at `message`; writes 32 bytes to `digest`.
+void haven_sha256(const uint8_t *message, size_t length, uint8_t digest[32]);
+/// SHA-256 of two messages at once, interleaved so the rounds of one fill the latency of the other's.
+void haven_sha256_pair(const uint8_t *a, size_t a_length, uint8_t a_digest[32],
+                       const uint8_t *b, size_t b_length, uint8_t b_digest[32]);
 #endif

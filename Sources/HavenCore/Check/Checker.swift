@@ -464,20 +464,10 @@ public enum Checker {
         var verified = 0
         var damaged: [BlobDamage] = []
         bytes.withUnsafeBytes { raw in
-            for b in blobs {
-                let start = Int(b.offset) - base, end = start + Int(b.length)
-                guard start >= 0, end <= raw.count else {
-                    damaged.append(BlobDamage(blob: b, pack: pack, message: "\(b.type.rawValue) blob \(b.id.short) in pack \(pack.short) "
-                                              + "is damaged: it extends beyond the end of the pack"))
-                    continue
-                }
-                do {
-                    _ = try repository.decryptBlob(UnsafeRawBufferPointer(rebasing: raw[start..<end]), b, pack: pack)
-                    verified += 1
-                } catch let e as HavenError {
-                    damaged.append(BlobDamage(blob: b, pack: pack, message: e.message))
-                } catch {
-                    damaged.append(BlobDamage(blob: b, pack: pack, message: "\(b.type.rawValue) blob \(b.id.short) in pack \(pack.short): \(error)"))
+            repository.openBlobs(blobs, in: raw, at: base, pack: pack) { i, result in
+                switch result {
+                case .success: verified += 1
+                case .failure(let e): damaged.append(BlobDamage(blob: blobs[i], pack: pack, message: e.message))
                 }
             }
         }

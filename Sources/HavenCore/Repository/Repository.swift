@@ -164,22 +164,75 @@ public final class Repository: Sendable {
 
     /// Opens a blob's sealed bytes read from its pack, decompresses and verifies it.
     public func decryptBlob(_ sealed: UnsafeRawBufferPointer, _ blob: PackedBlob, pack: ID) throws -> [UInt8] {
-        let what = "\(blob.type.rawValue) blob \(blob.id.short) in pack \(pack.short)"
+        let plain = try unsealBlob(sealed, blob, pack: pack)
+        try Self.verify(plain, ID.hash(plain), blob, pack: pack)
+        return plain
+    }
+
+    /// Decrypts and decompresses a blob's sealed bytes; the caller checks the plaintext against the ID.
+    private func unsealBlob(_ sealed: UnsafeRawBufferPointer, _ blob: PackedBlob, pack: ID) throws -> [UInt8] {
         var plain: [UInt8]
         do { plain = try key.open(sealed) } catch {
-            throw HavenError(.corrupt, "\(what) is damaged: decryption failed (MAC mismatch)")
+            throw HavenError(.corrupt, "\(Self.describe(blob, pack)) is damaged: decryption failed (MAC mismatch)")
         }
         if blob.isCompressed {
             do {
                 plain = try Zstd.decompress(plain, limit: Int(blob.uncompressedLength), expectedSize: Int(blob.uncompressedLength))
             } catch let e as HavenError {
-                throw HavenError(.corrupt, "\(what) is damaged: \(e.message)")
+                throw HavenError(.corrupt, "\(Self.describe(blob, pack)) is damaged: \(e.message)")
             }
         }
-        guard ID.hash(plain) == blob.id else {
-            throw HavenError(.corrupt, "\(what) is damaged: its content does not match its ID")
-        }
         return plain
+    }
+
+    private static func describe(_ blob: PackedBlob, _ pack: ID) -> String {
+        "\(blob.type.rawValue) blob \(blob.id.short) in pack \(pack.short)"
+    }
+
+    private static func verify(_ plain: [UInt8], _ actual: ID, _ blob: PackedBlob, pack: ID) throws {
+        guard actual == blob.id else {
+            throw HavenError(.corrupt, "\(describe(blob, pack)) is damaged: its content does not match its ID")
+        }
+    }
+
+    /// Opens, decompresses and verifies the blobs of one stretch of a pack (`raw` holds the pack's bytes
+    /// from offset `base`), two at a time so that their plaintexts are hashed together (`ID.hashPair`).
+    /// Calls `body` once per blob, in order, with the blob's index and its plaintext or the damage found.
+    /// At most two plaintexts are held at once.
+    public func openBlobs(_ blobs: [PackedBlob], in raw: UnsafeRawBufferPointer, at base: Int, pack: ID,
+                          _ body: (Int, Result<[UInt8], HavenError>) throws -> Void) rethrows {
+        func unseal(_ i: Int) -> Result<[UInt8], HavenError> {
+            let b = blobs[i]
+            let start = Int(b.offset) - base, end = start + Int(b.length)
+            guard start >= 0, end <= raw.count else {
+                return .failure(HavenError(.corrupt, "\(Self.describe(b, pack)) is damaged: it extends beyond the end of the pack"))
+            }
+            return Result { try unsealBlob(UnsafeRawBufferPointer(rebasing: raw[start..<end]), b, pack: pack) }
+                .mapError { $0 as? HavenError ?? HavenError(.corrupt, "\(Self.describe(b, pack)): \($0)") }
+        }
+        func checked(_ i: Int, _ plain: [UInt8], _ actual: ID) -> Result<[UInt8], HavenError> {
+            Result { try Self.verify(plain, actual, blobs[i], pack: pack); return plain }
+                .mapError { $0 as? HavenError ?? HavenError(.corrupt, "\($0)") }
+        }
+        var i = 0
+        while i < blobs.count {
+            let first = unseal(i)
+            guard case .success(let a) = first, i + 1 < blobs.count else {
+                try body(i, first.flatMap { checked(i, $0, ID.hash($0)) })
+                i += 1
+                continue
+            }
+            switch unseal(i + 1) {
+            case .success(let b):
+                let (ida, idb) = ID.hashPair(a, b)
+                try body(i, checked(i, a, ida))
+                try body(i + 1, checked(i + 1, b, idb))
+            case .failure(let damage):
+                try body(i, checked(i, a, ID.hash(a)))
+                try body(i + 1, .failure(damage))
+            }
+            i += 2
+        }
     }
 
     public func decryptBlob(_ sealed: [UInt8], _ blob: PackedBlob, pack: ID) throws -> [UInt8] {

@@ -624,30 +624,28 @@ final class RestoreRun: @unchecked Sendable {
             for b in range { failUses(b, "cannot read pack \(job.pack.short): \(message)") }
             return
         }
-        for b in range {
-            try Self.checkCancelled()
-            let plain: [UInt8]
-            do {
-                let from = Int(b.blob.offset) - start
-                plain = try bytes.withUnsafeBytes { raw in
-                    try repository.decryptBlob(UnsafeRawBufferPointer(rebasing: raw[from..<(from + Int(b.blob.length))]), b.blob, pack: job.pack)
-                }
-            } catch {
-                failUses(b, (error as? HavenError)?.description ?? "\(error)")
-                continue
-            }
-            let zero = plain.withUnsafeBytes { RestoreFS.isAllZero($0) }
-            for use in b.uses {
-                if !zero && !isFailed(use.entry) {
-                    do {
-                        try write(plain, use, &files)
-                    } catch let err as HavenError {
-                        if Self.isFatal(err) { throw err }
-                        fail(use.entry, err.message)
-                        files.close(use.entry)
+        try bytes.withUnsafeBytes { raw in
+            try repository.openBlobs(range.map(\.blob), in: raw, at: start, pack: job.pack) { i, result in
+                try Self.checkCancelled()
+                let b = range[i]
+                switch result {
+                case .failure(let damage):
+                    failUses(b, damage.description)
+                case .success(let plain):
+                    let zero = plain.withUnsafeBytes { RestoreFS.isAllZero($0) }
+                    for use in b.uses {
+                        if !zero && !isFailed(use.entry) {
+                            do {
+                                try write(plain, use, &files)
+                            } catch let err as HavenError {
+                                if Self.isFatal(err) { throw err }
+                                fail(use.entry, err.message)
+                                files.close(use.entry)
+                            }
+                        }
+                        finish(use.entry, bytes: UInt64(plain.count))
                     }
                 }
-                finish(use.entry, bytes: UInt64(plain.count))
             }
         }
     }

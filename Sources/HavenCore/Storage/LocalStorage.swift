@@ -38,7 +38,12 @@ public struct LocalStorage: Storage {
         // A lock file need not survive a crash: its holder is gone then, and a lost (or torn, hence ignored)
         // lock only spares the next run a stale one. Not syncing it saves two fsyncs per command, which
         // wait behind any writeback in progress (tens of milliseconds after a large backup).
-        try FileSystem.writeAtomically(path, data, mode: 0o400, durable: handle.type != .lock)
+        let durable = handle.type != .lock
+        if durable {
+            try await offThePool { try FileSystem.writeAtomically(path, data, mode: 0o400, durable: true) }
+        } else {
+            try FileSystem.writeAtomically(path, data, mode: 0o400, durable: false)
+        }
     }
 
     public var spoolDirectory: String? { root + "/data" }
@@ -50,7 +55,8 @@ public struct LocalStorage: Storage {
         let dir = String(path[..<path.lastIndex(of: "/")!])
         if !FileSystem.exists(dir) { try FileSystem.makeDirectories(dir, mode: 0o700) }
         do {
-            try file.link(to: path)
+            // The fsync waits for the disk: off the cooperative pool, so both cores keep working.
+            try await offThePool { try file.link(to: path) }
         } catch let e as HavenError where e.code != .noSpace {
             // E.g. no /proc to name an unnamed file: copy it instead.
             try await save(handle, try file.readAll())

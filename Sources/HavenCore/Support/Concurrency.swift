@@ -1,3 +1,4 @@
+import Dispatch
 import Synchronization
 
 /// A value behind a mutex, for collecting results from concurrent tasks.
@@ -70,5 +71,18 @@ public final class AsyncSemaphore: Sendable {
         await acquire()
         defer { release() }
         return try await body()
+    }
+}
+
+/// Runs `work` on a thread of its own and suspends until it is done. For system calls that wait for the
+/// disk (fsync): Swift's cooperative pool has one thread per core, so a thread waiting there is a core
+/// left idle while there is hashing, compressing and encrypting to do.
+public func offThePool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        // A serial queue of its own runs on the overcommitting root queue: it gets a thread even when
+        // every other thread is busy.
+        DispatchQueue(label: "haven.blocking").async {
+            continuation.resume(with: Result { try work() })
+        }
     }
 }

@@ -1,3 +1,4 @@
+import CHavenShims
 import Crypto
 
 /// A 32-byte SHA-256 identifier: of a blob's plaintext, or of a stored file's bytes.
@@ -55,6 +56,28 @@ public struct ID: Hashable, Comparable, Sendable, CustomStringConvertible, Codab
 
     public static func hash(_ data: [UInt8]) -> ID {
         data.withUnsafeBytes { hash($0) }
+    }
+
+    /// Whether `hashPair` hashes its two messages together (x86-64 with the SHA extensions).
+    static let pairsInHardware = haven_sha256_hw_available() != 0
+
+    /// The SHA-256 of two messages. With the SHA extensions both are hashed at once, interleaved, which
+    /// is ~1.3–1.6× as fast as one after the other over the length they share; elsewhere one by one.
+    public static func hashPair(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> (ID, ID) {
+        guard pairsInHardware else { return (hash(a), hash(b)) }
+        var digests = (ID(w0: 0, w1: 0, w2: 0, w3: 0), ID(w0: 0, w1: 0, w2: 0, w3: 0))
+        withUnsafeTemporaryAllocation(byteCount: 64, alignment: 8) { out in
+            let base = out.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            haven_sha256_pair(a.baseAddress?.assumingMemoryBound(to: UInt8.self), a.count, base,
+                              b.baseAddress?.assumingMemoryBound(to: UInt8.self), b.count, base + 32)
+            digests = (ID(bytes: UnsafeRawBufferPointer(rebasing: out[0..<32])),
+                       ID(bytes: UnsafeRawBufferPointer(rebasing: out[32..<64])))
+        }
+        return digests
+    }
+
+    public static func hashPair(_ a: [UInt8], _ b: [UInt8]) -> (ID, ID) {
+        a.withUnsafeBytes { ra in b.withUnsafeBytes { rb in hashPair(ra, rb) } }
     }
 
     public var bytes: [UInt8] {
