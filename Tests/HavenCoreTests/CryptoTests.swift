@@ -619,7 +619,7 @@ extension CryptoTests {
                 let salt = (0..<Int.random(in: 1...80, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
                 let length = Int.random(in: 1...200, using: &rng)
                 let threads = [1, 2, 3, 4][round % 4]
-                let hardware = round % 2 == 0  // the AVX-512 path where the CPU has it, and the portable one
+                let hardware = round % 2 == 0  // the AVX-512 or AVX2 path where the CPU has one, and the portable one
                 let ours = try Scrypt.derive(password: password, salt: salt, parameters: KDFParameters(n: n, r: r, p: p),
                                              outputByteCount: length, maxThreads: threads, hardware: hardware)
                 let theirs = try password.withUnsafeBytes { buffer in
@@ -630,17 +630,17 @@ extension CryptoTests {
             }
         }
 
-        /// The AVX-512 lanes (one to four per call, tables keeping every k-th block, k not always dividing N)
-        /// against the portable path with a full table, on random lanes.
-        @Test(.enabled(if: ScryptMix.usesAVX512, "the CPU has no AVX-512"), arguments: [1, 2, 3, 4])
-        func scryptAVX512AgreesWithPortable(lanes count: Int) {
+        /// The wide lanes (AVX-512 or AVX2: one to four per call, tables keeping every k-th block, k not
+        /// always dividing N) against the portable path with a full table, on random lanes.
+        @Test(.enabled(if: ScryptMix.mixesWide, "the CPU has neither AVX-512 nor AVX2"), arguments: [1, 2, 3, 4])
+        func scryptWideAgreesWithPortable(lanes count: Int) {
             var rng = SystemRandomNumberGenerator()
             for storeEvery in [1, 2, 3, 4, 5, 7] {
                 let r = Int.random(in: 1...8, using: &rng), n = 1 << Int.random(in: 1...10, using: &rng)
                 let input = (0..<(count * 128 * r)).map { _ in UInt8.random(in: 0...255, using: &rng) }
                 var portable = input, wide = input
                 portable.withUnsafeMutableBytes { ScryptMix.mixLanes($0, n: n, r: r, threads: 1, hardware: false) }
-                let done = wide.withUnsafeMutableBytes { ScryptMix.mixLanesAVX512($0, n: n, r: r, storeEvery: storeEvery) }
+                let done = wide.withUnsafeMutableBytes { ScryptMix.mixLanesWide($0, n: n, r: r, storeEvery: storeEvery) }
                 #expect(done)
                 #expect(wide == portable, "lanes=\(count) N=\(n) r=\(r) every \(storeEvery)")
                 #expect(wide != input)

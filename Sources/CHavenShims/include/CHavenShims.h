@@ -44,6 +44,10 @@ int haven_scrypt_avx512_available(void);
 /// count·ceil(n/store_every)·128·r bytes). n must be a power of two. Returns 0, or -1 when the
 /// arguments are out of range or memory is short (the lanes are then unchanged or partly mixed).
 int haven_scrypt_romix_avx512(uint8_t *lanes, int count, uint32_t n, uint32_t r, uint32_t store_every);
+/// 1 when the CPU and OS run AVX2 (haven_scrypt_romix_avx2 may be called), else 0.
+int haven_scrypt_avx2_available(void);
+/// haven_scrypt_romix_avx512 on AVX2: the same arguments, results and memory.
+int haven_scrypt_romix_avx2(uint8_t *lanes, int count, uint32_t n, uint32_t r, uint32_t store_every);
 
 /// 1 when this CPU can run haven_poly1305_mac's AVX2 path (x86-64 with AVX2), else 0.
 int haven_poly1305_avx2_available(void);
