@@ -63,6 +63,7 @@ let package = Package(
             name: "HavenServer",
             dependencies: [
                 "HavenDaemon",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -12,7 +12,7 @@ HAVEN=${HAVEN:-.build/debug/haven}
   echo '```'
   COLUMNS=100 "$HAVEN" --help
   echo '```'
-  for cmd in init backup snapshots ls find diff cat stats restore check forget prune unlock "key list" "key add" "key remove" "key passwd" copy version daemon "config check" "config hash-password" status run jobs log cancel; do
+  for cmd in init backup snapshots ls find diff cat stats restore check forget prune unlock cache "key list" "key add" "key remove" "key passwd" copy version daemon "config check" "config hash-password" status run jobs log cancel; do
     echo
     echo "## haven $cmd"
     echo

@@ -5,7 +5,8 @@ import Logging
 /// An account allowed to call the API with HTTP Basic authentication.
 public struct APIAccount: Sendable {
     public var name: String
-    /// Checks a password (for example against a hash from the configuration). Called once per request.
+    /// Checks a password (for example against a hash from the configuration). A password that passed is
+    /// not checked again for five minutes (see `VerifiedCredentials`).
     public var verify: @Sendable (String) -> Bool
 
     public init(name: String, verify: @escaping @Sendable (String) -> Bool) {

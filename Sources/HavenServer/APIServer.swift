@@ -44,11 +44,13 @@ public struct APIServer: Sendable {
     /// The router with every route and middleware.
     public func makeRouter() -> Router<APIRequestContext> {
         let router = Router(context: APIRequestContext.self)
+        let table = RouteTable()
         router.add(middleware: AccessLogMiddleware())
-        router.add(middleware: ErrorMiddleware())
+        router.add(middleware: ErrorMiddleware(routes: table))
         router.get("/healthz") { _, _ in try JSONResponse.encode(HealthResponse()) }
         router.add(middleware: AuthMiddleware(users: configuration.users, tokens: configuration.tokens))
         APIRoutes(control: control).register(on: router)
+        table.load(router.routes.map { (method: $0.method.rawValue, path: $0.path.description) })
         return router
     }
 

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Hummingbird
 import Synchronization
@@ -27,10 +28,12 @@ struct AuthMiddleware: RouterMiddleware {
 
     let users: [APIAccount]
     let tokens: [[UInt8]]
+    let verified: VerifiedCredentials
 
-    init(users: [APIAccount], tokens: [String]) {
+    init(users: [APIAccount], tokens: [String], verified: VerifiedCredentials = VerifiedCredentials()) {
         self.users = users
         self.tokens = tokens.map { Array($0.utf8) }
+        self.verified = verified
     }
 
     var anonymous: Bool { users.isEmpty && tokens.isEmpty }
@@ -73,7 +76,11 @@ struct AuthMiddleware: RouterMiddleware {
                 _ = users.first?.verify(password)
                 return nil
             }
-            return user.verify(password) ? user.name : nil
+            let key = verified.key(user.name, password)
+            if verified.contains(key) { return user.name }
+            guard user.verify(password) else { return nil }
+            verified.insert(key)
+            return user.name
         default:
             return nil
         }
@@ -89,5 +96,60 @@ struct AuthMiddleware: RouterMiddleware {
             diff |= UInt64(x ^ y)
         }
         return diff == 0
+    }
+}
+
+/// User names and passwords that passed `APIAccount.verify` lately, so that a client polling the API (a
+/// status page every few seconds) does not cost a slow password hash (PBKDF2, ~0.1 s of CPU; seconds on a
+/// Raspberry Pi) per request. Kept only in memory and only as HMAC-SHA256 under a key drawn when the
+/// server starts. A failure is never remembered, so every guess still pays the full hash. An entry lasts
+/// `lifetime` from its verification, not from its last use; at most `capacity` are kept.
+final class VerifiedCredentials: Sendable {
+    let lifetime: Duration
+    let capacity: Int
+    private let secret: [UInt8] = {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+    }()
+    private let expiries = Mutex<[[UInt8]: ContinuousClock.Instant]>([:])
+    private let now: @Sendable () -> ContinuousClock.Instant
+
+    init(lifetime: Duration = .seconds(300), capacity: Int = 256,
+         now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }) {
+        self.lifetime = lifetime
+        self.capacity = max(1, capacity)
+        self.now = now
+    }
+
+    /// The entry for a name and password (the name's length first, so no two pairs run together).
+    func key(_ name: String, _ password: String) -> [UInt8] {
+        var mac = HMAC<SHA256>(key: SymmetricKey(data: secret))
+        mac.update(data: withUnsafeBytes(of: UInt64(name.utf8.count).littleEndian) { Array($0) })
+        mac.update(data: Array(name.utf8))
+        mac.update(data: Array(password.utf8))
+        return Array(mac.finalize())
+    }
+
+    func contains(_ key: [UInt8]) -> Bool {
+        let now = now()
+        return expiries.withLock { entries in
+            guard let expiry = entries[key] else { return false }
+            if expiry > now { return true }
+            entries[key] = nil
+            return false
+        }
+    }
+
+    func insert(_ key: [UInt8]) {
+        let now = now()
+        expiries.withLock { entries in
+            if entries.count >= capacity {
+                entries = entries.filter { $0.value > now }
+                while entries.count >= capacity, let oldest = entries.min(by: { $0.value < $1.value }) {
+                    entries[oldest.key] = nil
+                }
+            }
+            entries[key] = now + lifetime
+        }
     }
 }

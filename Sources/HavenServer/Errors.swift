@@ -2,6 +2,7 @@ import Foundation
 import HavenDaemon
 import Hummingbird
 import Logging
+import Synchronization
 
 /// An error with the HTTP status the API answers with; its message is shown to the client.
 struct APIError: Error, Sendable {
@@ -19,9 +20,44 @@ public struct APIErrorBody: Codable, Sendable, Equatable {
     public init(error: String) { self.error = error }
 }
 
-/// Turns every error into a JSON `{"error": …}` response: `DaemonError` → 404/400/409, Hummingbird's own
-/// errors keep their status, anything else is a 500 with a generic message (the detail is only logged).
+/// The method and path pattern (`/api/v1/jobs/{id}`) of every route, filled in once the routes are
+/// registered, so a request for a known path with the wrong method can be told from an unknown path.
+final class RouteTable: Sendable {
+    private let routes = Mutex<[(method: String, segments: [Substring])]>([])
+
+    func load(_ routes: [(method: String, path: String)]) {
+        let parsed = routes.map { (method: $0.method, segments: Self.segments($0.path)) }
+        self.routes.withLock { $0 = parsed }
+    }
+
+    /// The methods of the routes for `path`, sorted; empty for an unknown path. As in the router, a
+    /// literal segment wins over a parameter (`/jobs/clear` is not `/jobs/:id`).
+    func methods(for path: String) -> [String] {
+        let given = Self.segments(path)
+        var candidates = routes.withLock { $0 }.filter { $0.segments.count == given.count }
+        for (i, segment) in given.enumerated() {
+            let literal = candidates.filter { $0.segments[i] == segment }
+            candidates = literal.isEmpty ? candidates.filter { Self.isParameter($0.segments[i]) } : literal
+        }
+        return Set(candidates.map(\.method)).sorted()
+    }
+
+    /// `{id}` as Hummingbird writes a parameter (`:id` as routes are declared).
+    private static func isParameter(_ segment: Substring) -> Bool {
+        segment.hasPrefix(":") || (segment.hasPrefix("{") && segment.hasSuffix("}"))
+    }
+
+    private static func segments(_ path: String) -> [Substring] {
+        path.split(separator: "/", omittingEmptySubsequences: true)
+    }
+}
+
+/// Turns every error into a JSON `{"error": …}` response: `DaemonError` → 404/400/409, a known path with
+/// another method → 405 with `Allow`, Hummingbird's own errors keep their status, anything else is a 500
+/// with a generic message (the detail is only logged).
 struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    let routes: RouteTable
+
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
             return try await next(request, context)
@@ -35,6 +71,13 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             }
         } catch let error as HTTPError {
             if error.status == .notFound {
+                let allowed = routes.methods(for: request.uri.path)
+                // (A method the table allows but the router did not find: the router's own 404 stands.)
+                guard allowed.isEmpty || allowed.contains(request.method.rawValue) else {
+                    return JSONResponse.error(.methodNotAllowed,
+                                              "\(request.method) is not allowed on \(request.uri.path); use \(allowed.joined(separator: " or "))",
+                                              headers: [.allow: allowed.joined(separator: ", ")])
+                }
                 return JSONResponse.error(.notFound, "no such endpoint: \(request.method) \(request.uri.path)")
             }
             let message = error.body ?? error.status.reasonPhrase

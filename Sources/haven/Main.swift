@@ -106,6 +106,7 @@ struct Haven: AsyncParsableCommand {
         subcommands: [
             Init.self, Backup.self, Snapshots.self, Ls.self, Find.self, Diff.self, Cat.self, Stats.self,
             Restore.self, Check.self, Forget.self, Prune.self, Copy.self, Unlock.self, KeyCommand.self, Version.self,
+            CacheCommand.self,
             StatusCommand.self, RunCommand.self, JobsCommand.self, LogCommand.self, CancelCommand.self,
             DaemonCommand.self, ConfigCommand.self,
         ]

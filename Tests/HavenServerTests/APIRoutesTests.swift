@@ -199,13 +199,30 @@ struct APIRoutesTests {
         ("POST", "/api/v1/repositories/usb/check", "no repository named 'usb'"),
         ("GET", "/api/v1/nothing", "no such endpoint: GET /api/v1/nothing"),
         ("GET", "/", "no such endpoint: GET /"),
-        ("DELETE", "/api/v1/jobs/1", "no such endpoint: DELETE /api/v1/jobs/1"),
+        ("DELETE", "/api/v1/jobs/1/nothing", "no such endpoint: DELETE /api/v1/jobs/1/nothing"),
     ])
     func unknownThingsAre404(method: String, path: String, message: String) async throws {
         try await withServer { server in
             let reply = try await server.call(.init(rawValue: method), path)
             #expect(reply.status == 404)
             #expect(reply.error == message)
+        }
+    }
+
+    @Test(arguments: [
+        ("DELETE", "/api/v1/jobs/1", "GET"),
+        ("GET", "/api/v1/jobs/clear", "POST"),
+        ("GET", "/api/v1/jobs/42/cancel", "POST"),
+        ("PUT", "/api/v1/status", "GET"),
+        ("GET", "/api/v1/backups/home/run", "POST"),
+        ("POST", "/api/v1/repositories", "GET"),
+    ])
+    func knownPathsWithAnotherMethodAre405(method: String, path: String, allowed: String) async throws {
+        try await withServer { server in
+            let reply = try await server.call(.init(rawValue: method), path)
+            #expect(reply.status == 405, "\(method) \(path)")
+            #expect(reply.headers.first(name: "allow") == allowed)
+            #expect(reply.error == "\(method) is not allowed on \(path); use \(allowed)")
         }
     }
 

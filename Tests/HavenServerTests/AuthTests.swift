@@ -1,6 +1,7 @@
 import Foundation
 import HavenDaemon
-import HavenServer
+@testable import HavenServer
+import Synchronization
 import Testing
 
 @Suite("API authentication", .timeLimit(.minutes(3)))
@@ -36,6 +37,51 @@ struct AuthTests {
             try await server.expectStatus(200, .GET, "/api/v1/status", authorization: "Bearer tok-456")
             try await server.expectStatus(200, .GET, "/api/v1/status", authorization: "bearer tok-123")
         }
+    }
+
+    @Test("a password that passed is not hashed again for a while; a wrong one is, every time")
+    func verifiedPasswordsAreRemembered() async throws {
+        let checks = Mutex(0)
+        let dora = APIAccount(name: "dora") { password in
+            checks.withLock { $0 += 1 }
+            return password == "s3cret"
+        }
+        try await withServer(users: [dora, APIAccount(name: "erin") { $0 == "s3cret" }]) { server in
+            for _ in 0..<3 {
+                try await server.expectStatus(200, .GET, "/api/v1/status", authorization: TestServer.basic("dora", "s3cret"))
+            }
+            #expect(checks.withLock { $0 } == 1)
+            for _ in 0..<2 {
+                try await server.expectStatus(401, .GET, "/api/v1/status", authorization: TestServer.basic("dora", "s3cret "))
+            }
+            #expect(checks.withLock { $0 } == 3)
+            // Another user with the same password is not let in on dora's entry.
+            try await server.expectStatus(401, .GET, "/api/v1/status", authorization: TestServer.basic("erin", "wrong"))
+            try await server.expectStatus(200, .GET, "/api/v1/status", authorization: TestServer.basic("dora", "s3cret"))
+            #expect(checks.withLock { $0 } == 3)
+        }
+    }
+
+    @Test("remembered credentials expire after their lifetime, and the oldest go when full")
+    func rememberedCredentialsExpire() {
+        let clock = Mutex(ContinuousClock.now)
+        let remembered = VerifiedCredentials(lifetime: .seconds(300), capacity: 2, now: { clock.withLock { $0 } })
+        let a = remembered.key("dora", "one"), b = remembered.key("dora", "two"), c = remembered.key("erin", "one")
+        #expect(Set([a, b, c]).count == 3)
+        #expect(remembered.key("ab", "c") != remembered.key("a", "bc"))
+        remembered.insert(a)  // t = 0
+        clock.withLock { $0 += .seconds(100) }
+        remembered.insert(b)  // t = 100
+        #expect(remembered.contains(a) && remembered.contains(b) && !remembered.contains(c))
+        clock.withLock { $0 += .seconds(50) }
+        remembered.insert(c)  // t = 150, full: a, the oldest, goes
+        #expect(!remembered.contains(a) && remembered.contains(b) && remembered.contains(c))
+        clock.withLock { $0 += .seconds(249) }  // t = 399: b is 299 s old; looking it up does not renew it
+        #expect(remembered.contains(b) && remembered.contains(c))
+        clock.withLock { $0 += .seconds(2) }  // t = 401
+        #expect(!remembered.contains(b) && remembered.contains(c))
+        clock.withLock { $0 += .seconds(50) }  // t = 451
+        #expect(!remembered.contains(c))
     }
 
     @Test func passwordsMayContainColons() async throws {

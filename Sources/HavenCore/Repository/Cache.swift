@@ -71,6 +71,63 @@ public final class RepositoryCache: Sendable {
         let base = Self.trimmed(base)
         try Self.prepareBase(base)
         try self.init(directory: base + "/" + repositoryID, cachesFiles: true, isTemporary: false, warning: warning)
+        // The directory's modification time says when the cache was last used (`haven cache`).
+        _ = utimensat(AT_FDCWD, directory, nil, 0)
+    }
+
+    /// A repository's cache directory, as `haven cache` lists them.
+    public struct Entry: Sendable, Equatable {
+        /// The repository's ID (its config ID), which names the directory.
+        public var repositoryID: String
+        public var path: String
+        /// When a command last opened the cache (the directory's modification time).
+        public var lastUsed: Date
+        /// The bytes of its files, when asked for.
+        public var size: UInt64?
+    }
+
+    /// The repository caches under `base` (directories named by a 64-digit repository ID; everything
+    /// else there is left alone), most recently used first. None when `base` does not exist.
+    public static func entries(in base: String, sizes: Bool) throws -> [Entry] {
+        let base = trimmed(base)
+        guard FileSystem.exists(base) else { return [] }
+        var out: [Entry] = []
+        for name in try FileSystem.listDirectory(base) where name.utf8.count == 64 && ID(hex: name) != nil {
+            let path = base + "/" + name
+            var st = stat()
+            guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else { continue }
+            let used = Date(timeIntervalSince1970: TimeInterval(st.st_mtim.tv_sec) + TimeInterval(st.st_mtim.tv_nsec) / 1e9)
+            out.append(Entry(repositoryID: name, path: path, lastUsed: used, size: sizes ? treeSize(path) : nil))
+        }
+        return out.sorted { ($0.lastUsed, $0.repositoryID) > ($1.lastUsed, $1.repositoryID) }
+    }
+
+    /// Removes the caches under `base` last used more than `maxAge` seconds before `now` (restic's rule:
+    /// a cache nobody opened for 30 days belongs to a repository that is gone or moved). Returns them.
+    public static func removeOld(in base: String, olderThan maxAge: TimeInterval, now: Date = Date()) throws -> [Entry] {
+        let old = try entries(in: base, sizes: true).filter { now.timeIntervalSince($0.lastUsed) > maxAge }
+        for entry in old {
+            do { try FileManager.default.removeItem(atPath: entry.path) } catch {
+                throw HavenError(.io, "cannot remove the old cache directory \(entry.path): \(error.localizedDescription)")
+            }
+        }
+        return old
+    }
+
+    /// The bytes of the regular files below `path` (symbolic links are not followed).
+    private static func treeSize(_ path: String) -> UInt64 {
+        var total: UInt64 = 0
+        for name in (try? FileSystem.listDirectory(path)) ?? [] {
+            let child = path + "/" + name
+            var st = stat()
+            guard lstat(child, &st) == 0 else { continue }
+            switch st.st_mode & S_IFMT {
+            case S_IFDIR: total += treeSize(child)
+            case S_IFREG: total += UInt64(st.st_size)
+            default: break
+            }
+        }
+        return total
     }
 
     /// A new, empty cache in a fresh directory below `base` (or the system's temporary directory), for a
