@@ -132,6 +132,7 @@ struct DaemonTests {
             try Fixture.write(s.source + "/new\(i).txt", Array("change \(i)".utf8))
             try await Task.sleep(for: .milliseconds(100))
         }
+        let lastChange = Date()
         let deadline = Date().addingTimeInterval(60)
         var jobs: [JobRecord] = []
         while Date() < deadline {
@@ -142,6 +143,10 @@ struct DaemonTests {
         #expect(jobs.count == 1, "\(jobs)")
         #expect(jobs.first?.trigger == "watch")
         #expect(jobs.first?.state == .finished)
+        // The change wakes the sleeping scheduler: the job is queued at min_wait after the burst, not
+        // at the loop's next idle pass (5 s).
+        let queued = try #require(jobs.first?.createdAt)
+        #expect(queued.timeIntervalSince(lastChange) < 3, "queued \(queued.timeIntervalSince(lastChange)) s after the last change")
         let ls = try await s.cli.ok(["-r", s.repo, "ls", "latest"])
         #expect(ls.stdout.contains("new4.txt"))
         await d.stop()
@@ -290,6 +295,34 @@ struct DaemonTests {
         #expect(finished.allSatisfy { $0.trigger == "schedule" })
         await d.stop()
         #expect(try await s.snapshotCount() == 2)
+    }
+
+    @Test("an idle daemon sleeps until its next deadline instead of polling; an API request still starts at once")
+    func idleLoopSleeps() async throws {
+        let s = try await DaemonSetup("daemon-idle")
+        try s.writeConfig(backups: """
+          manual:
+            paths: [\(s.source)]
+            repositories: [main]
+        """)
+        let d = try await s.startDaemon()
+        defer { Task { await d.stop() } }
+        func passes() async throws -> Int {
+            let text = String(decoding: try await d.get("/metrics").body, as: UTF8.self)
+            let line = try #require(text.split(separator: "\n").first { $0.hasPrefix("haven_scheduler_passes_total ") })
+            return Int(try #require(Double(line.split(separator: " ")[1])))
+        }
+        let before = try await passes()
+        try await Task.sleep(for: .seconds(3))
+        let after = try await passes()
+        // Polling every half second made 6 passes here; the idle loop makes at most one.
+        #expect(after - before <= 1, "\(after - before) passes in 3 s")
+        let started = Date()
+        let job = try #require(try await d.run("manual").job?.id)
+        let ended = try await d.waitUntilEnded(job)
+        #expect(ended.state == .finished, "\(ended)")
+        #expect(Date().timeIntervalSince(started) < 4.5, "the queued job waited for the idle interval")
+        await d.stop()
     }
 
     @Test("retention, prune and check run on their own schedules, each as its own job")

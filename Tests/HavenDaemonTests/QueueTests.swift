@@ -81,3 +81,28 @@ struct QueueTests {
         #expect(QueuePolicy.startable(pending: [idleB, idleA], running: [], maxConcurrent: 4).map(\.id) == [5])
     }
 }
+
+@Suite("Scheduler loop wake-up", .timeLimit(.minutes(1)))
+struct WakeSignalTests {
+    @Test("a wait ends at its timeout without a signal, at once with one, and a signal sent between waits is kept")
+    func wakeSignal() async throws {
+        let wake = WakeSignal()
+        let clock = ContinuousClock()
+        var elapsed = await clock.measure { await wake.wait(timeout: .milliseconds(300)) }
+        #expect(elapsed >= .milliseconds(290))
+
+        wake.signal()  // nobody waits: kept
+        elapsed = await clock.measure { await wake.wait(timeout: .seconds(20)) }
+        #expect(elapsed < .seconds(2))
+
+        let waiter = Task { await clock.measure { await wake.wait(timeout: .seconds(20)) } }
+        try await Task.sleep(for: .milliseconds(200))
+        wake.signal()
+        elapsed = await waiter.value
+        #expect(elapsed >= .milliseconds(150) && elapsed < .seconds(2))
+
+        // One signal wakes one wait, not every later one.
+        elapsed = await clock.measure { await wake.wait(timeout: .milliseconds(300)) }
+        #expect(elapsed >= .milliseconds(290))
+    }
+}

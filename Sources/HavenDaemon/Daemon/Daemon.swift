@@ -2,14 +2,18 @@ import AsyncHTTPClient
 import Foundation
 import HavenBackends
 import HavenCore
+import Synchronization
 
 /// The daemon: scheduler, watcher, queue and runner over the state database. Implements `DaemonControl`
 /// for the HTTP API.
 ///
-/// One loop does everything that changes the queue: every half second (or sooner when woken) it turns due
-/// schedules and settled file changes into jobs, stops jobs whose time window closed or whose
-/// `max_duration` passed, and starts the pending jobs the queue policy allows. Jobs run as tasks that own
-/// a `JobRunner`; their state lives in SQLite, so `haven run --local` from cron sees it and is seen.
+/// One loop does everything that changes the queue: it turns due schedules and settled file changes into
+/// jobs, stops jobs whose time window closed or whose `max_duration` passed, and starts the pending jobs
+/// the queue policy allows. It sleeps until the next schedule or debounce deadline, and is woken at once
+/// when a job is queued or ends or a watched file changes; while jobs run or wait it looks every second,
+/// and otherwise at least every `idleInterval` (for jobs `haven run --local` ran in another process).
+/// Jobs run as tasks that own a `JobRunner`; their state lives in SQLite, so `haven run --local` from
+/// cron sees it and is seen.
 public actor Daemon: DaemonControl {
     public let config: DaemonConfig
     public let store: StateStore
@@ -25,6 +29,14 @@ public actor Daemon: DaemonControl {
     var changes: [String: (first: Date, last: Date)] = [:]
     var stopping = false
     var counters = Counters()
+    /// Wakes the loop before its next deadline (a job was queued or ended, a watched file changed).
+    let wake = WakeSignal()
+    /// The longest the loop sleeps when nothing is due, running or waiting.
+    static let idleInterval: Duration = .seconds(5)
+    /// How often the loop looks while jobs run (time windows, `max_duration`) or wait to start.
+    static let busyInterval: Duration = .seconds(1)
+    /// Passes of the loop so far (for tests of its sleeping).
+    var ticks = 0
 
     struct Counters {
         var started: [JobKind: Int] = [:]
@@ -76,6 +88,7 @@ public actor Daemon: DaemonControl {
         stopping = true
         events.log("info", "haven daemon stopping", fields: ["running_jobs": .int(running.count)])
         loop?.cancel()
+        wake.signal()
         watcher?.stop()
         for (_, entry) in running { entry.runner.requestStop(.interrupted("the daemon is shutting down; the job resumes at its next start")) }
         let tasks = running.values.map(\.task)
@@ -94,24 +107,36 @@ public actor Daemon: DaemonControl {
 
     func runLoop() async {
         while !Task.isCancelled && !stopping {
+            var pause = Self.idleInterval
             do {
-                try await tick(now: Date())
+                let now = Date()
+                if let next = try await tick(now: now) {
+                    let seconds = min(max(next.timeIntervalSince(now), 0.01), Double(Self.idleInterval.components.seconds))
+                    pause = .milliseconds(Int64((seconds * 1000).rounded(.up)))
+                }
             } catch {
+                pause = Self.busyInterval
                 events.log("error", "scheduler error: \(error)", fields: [:])
             }
-            try? await Task.sleep(for: .milliseconds(500))
+            await wake.wait(timeout: pause)
         }
     }
 
-    /// One pass: schedules, watches, windows, then starts what may start.
-    func tick(now: Date) async throws {
+    /// One pass: schedules, watches, windows, then starts what may start. Returns when the next pass is
+    /// due: the next schedule or debounce deadline, a second from now while jobs run or wait, else nil
+    /// (the loop then sleeps `idleInterval`, or until woken).
+    @discardableResult
+    func tick(now: Date) async throws -> Date? {
+        ticks += 1
         // Schedules.
         let keyed = config.schedules
         let stored = try await store.lastFired()
         var lastFired: [ScheduleKey: Date] = [:]
         for key in keyed.keys { if let d = stored[key.description] { lastFired[key] = d } }
-        let (due, _) = Scheduler.due(schedules: keyed, lastFired: lastFired, startedAt: startedAt, now: now,
-                                     catchUp: config.catchUp, timeZone: timeZone)
+        let (due, nextSchedule) = Scheduler.due(schedules: keyed, lastFired: lastFired, startedAt: startedAt, now: now,
+                                                catchUp: config.catchUp, timeZone: timeZone)
+        var next = nextSchedule
+        func wakeAt(_ date: Date) { if next == nil || date < next! { next = date } }
         for d in due {
             try await store.setLastFired(d.key.description, now)
             guard let backup = config.backup(named: d.key.backup) else { continue }
@@ -123,6 +148,8 @@ public actor Daemon: DaemonControl {
             if watch.debouncer.isDue(firstChange: c.first, lastChange: c.last, now: now) {
                 changes[name] = nil
                 _ = try await enqueue(kind: .backup, backup: backup, priority: backup.priority, trigger: .watch, force: false)
+            } else {
+                wakeAt(watch.debouncer.fireTime(firstChange: c.first, lastChange: c.last))
             }
         }
         // Windows and maximum durations of running jobs.
@@ -135,12 +162,16 @@ public actor Daemon: DaemonControl {
                 entry.runner.requestStop(.interrupted("max_duration \(DurationParser.format(max)) reached; the backup continues at its next run"))
             }
         }
-        try await dispatch(now: now)
+        let waiting = try await dispatch(now: now)
+        if !running.isEmpty || waiting { wakeAt(now.addingTimeInterval(Double(Self.busyInterval.components.seconds))) }
+        return next
     }
 
     /// Starts the pending jobs the queue policy allows (jobs other processes run count as running).
-    func dispatch(now: Date) async throws {
-        guard !stopping else { return }
+    /// Returns whether jobs are still pending.
+    @discardableResult
+    func dispatch(now: Date) async throws -> Bool {
+        guard !stopping else { return false }
         let pending = try await store.jobs(states: [.pending])
         let active = try await store.jobs(states: [.running])
         let eligible = pending.filter { job in
@@ -153,6 +184,7 @@ public actor Daemon: DaemonControl {
             guard try await store.claim(q.id, now: Date()) else { continue }
             launch(job)
         }
+        return pending.count > start.count
     }
 
     func queued(_ job: StateStore.StoredJob) -> QueuedJob {
@@ -184,6 +216,7 @@ public actor Daemon: DaemonControl {
 
     func finished(_ job: JobRecord, _ outcome: JobOutcome) async {
         running[job.id] = nil
+        defer { wake.signal() }  // a job waiting for this one's repository may start now
         do {
             try await store.finish(job.id, state: outcome.state, results: outcome.results, error: outcome.error)
             if outcome.state == .skipped, let reason = outcome.error {
@@ -257,6 +290,7 @@ public actor Daemon: DaemonControl {
                                                                priorityName: priority.description, force: force,
                                                                parameters: parameters, resumes: resumes))
             events.log("info", "job \(job.id) queued: \(kind.rawValue) of \(target)", fields: jobFields(job))
+            wake.signal()
             return EnqueueResult(outcome: "queued", job: job)
         }
     }
@@ -268,6 +302,7 @@ public actor Daemon: DaemonControl {
             let c = changes[b.name]
             changes[b.name] = (c?.first ?? now, now)
         }
+        wake.signal()  // the loop sets its deadline for the burst
     }
 
     nonisolated func jobFields(_ job: JobRecord) -> [String: EventLog.Value] {
@@ -425,6 +460,8 @@ public actor Daemon: DaemonControl {
             let parts = key.split(separator: "|").map(String.init)
             m.sample("haven_jobs_ended_total", ["kind": parts[0], "state": parts[1]], Double(n))
         }
+        m.help("haven_scheduler_passes_total", "Passes of the scheduling loop (it sleeps until the next deadline or event).", type: "counter")
+        m.sample("haven_scheduler_passes_total", [:], Double(ticks))
         m.help("haven_backups_skipped_total", "Scheduled or watched backups the minimum-interval guard skipped.", type: "counter")
         for b in config.backups { m.sample("haven_backups_skipped_total", ["backup": b.name], Double(counters.skipped[b.name] ?? 0)) }
         m.help("haven_backup_last_success_timestamp_seconds", "Last successful backup per backup and repository (Unix time).", type: "gauge")
@@ -517,5 +554,47 @@ struct MetricsText {
         }
         let v = value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)
         text += "\(line) \(v)\n"
+    }
+}
+
+/// Wakes a sleeping loop early. A signal sent while nobody waits is kept for the next `wait`, so none is
+/// lost between two waits.
+final class WakeSignal: Sendable {
+    private struct State {
+        var pending = false
+        var waiter: CheckedContinuation<Void, Never>?
+    }
+    private let state = Mutex(State())
+
+    func signal() {
+        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            guard let w = s.waiter else {
+                s.pending = true
+                return nil
+            }
+            s.waiter = nil
+            return w
+        }
+        waiter?.resume()
+    }
+
+    /// Returns when signalled, or after `timeout`.
+    func wait(timeout: Duration) async {
+        let timer = Task { [weak self] in
+            try? await Task.sleep(for: timeout)
+            if !Task.isCancelled { self?.signal() }
+        }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.pending {
+                    s.pending = false
+                    return true
+                }
+                s.waiter = c
+                return false
+            }
+            if now { c.resume() }
+        }
+        timer.cancel()
     }
 }
