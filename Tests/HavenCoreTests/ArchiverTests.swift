@@ -354,6 +354,47 @@ struct ArchiverTests {
         #expect(try await attributes(fourth)["f.txt"] == [])
     }
 
+    /// Files are opened relative to their directory, kept open while its entries are backed up, up to a
+    /// limit of open directories; deeper ones fall back to whole paths. Both must read the right files, with
+    /// their attributes, at every level and in wide directories.
+    @Test("a tree deeper than the open-directory limit and wide directories are read completely, attributes included")
+    func deepAndWideTrees() async throws {
+        let dir = TempDir("haven-archiver")
+        defer { withExtendedLifetime(dir) {} }
+        let src = dir.sub("src")
+        try Fixture.mkdir(src)
+        let depth = Archiver.maxOpenDirectories + 16
+        var expected: [String: [UInt8]] = [:]
+        var path = src, rel = ""
+        for level in 0..<depth {
+            path += "/d\(level)"
+            rel += (rel.isEmpty ? "" : "/") + "d\(level)"
+            try Fixture.mkdir(path)
+            let data = utf8("level \(level)\n")
+            try Fixture.write(path + "/f", data)
+            expected[rel + "/f"] = data
+        }
+        for k in 0..<40 {
+            let data = utf8("wide \(k)\n")
+            try Fixture.write(src + "/d0/w\(k)", data)
+            expected["d0/w\(k)"] = data
+        }
+        let attributes = setXattr(path + "/f", "user.deep", utf8("bottom")) && setXattr(src + "/d0/w7", "user.wide", utf8("top"))
+        let (repo, _) = try await makeRepository()
+        let result = try await backup(repo, [src])
+        #expect(result.warnings.isEmpty, "\(result.warnings)")
+        let entries = try await listing(repo, try await tree(repo, result.snapshotID, at: src))
+        #expect(entries.values.filter { $0.type == .file }.count == expected.count)
+        for (name, data) in expected {
+            #expect(try await content(repo, entries[name]) == data, "\(name)")
+        }
+        if attributes {
+            #expect(entries[rel + "/f"]?.extendedAttributes == [.init(name: "user.deep", value: utf8("bottom"))])
+            #expect(entries["d0/w7"]?.extendedAttributes == [.init(name: "user.wide", value: utf8("top"))])
+            #expect(entries["d0/w6"]?.extendedAttributes == [])
+        }
+    }
+
     // MARK: Parent snapshots
 
     @Test("a second backup reuses the parent; changed files are re-read; deleted files disappear")

@@ -138,6 +138,9 @@ public final class Archiver: Sendable {
     let directorySlots = AsyncSemaphore(permits: 8)
     /// Entries of one directory in flight at once.
     static let entriesInFlight = 16
+    /// Directories kept open while their entries are backed up (see `archiveDirectory`).
+    static let maxOpenDirectories = 64
+    let openDirectories = Atomic<Int>(0)
     let warnings = Locked<[BackupWarning]>([])
     let counts = Locked<Snapshot.Summary>(Snapshot.Summary())
     let names = NameCache()
@@ -515,7 +518,10 @@ public final class Archiver: Sendable {
     /// removexattr change an inode's ctime, so an entry whose type, inode, device and ctime are those of
     /// its parent node still has that node's extended attributes, and they are not read again (a path
     /// walk and one or more system calls per entry).
-    func makeNode(name: [UInt8], info: FileInfo, path: RawPath, parent: Node? = nil) -> Node {
+    ///
+    /// With `attributesLater`, a regular file's attributes are left for the caller to read from the open
+    /// file (`pendingAttributes` says whether they must be read).
+    func makeNode(name: [UInt8], info: FileInfo, path: RawPath, parent: Node? = nil, attributesLater: Bool = false) -> Node {
         var node = Node(name: name, type: info.nodeKind)
         node.mode = Node.goMode(fromUnix: info.mode)
         node.mtime = info.mtime
@@ -530,19 +536,25 @@ public final class Archiver: Sendable {
         node.links = info.links
         if node.type == .file { node.size = info.size }
         if node.type == .dev || node.type == .chardev { node.device = info.rdev }
-        if let parent, parent.type == node.type, parent.inode == info.inode, info.inode != 0,
-           parent.deviceID == info.device, parent.ctime == info.ctime {
+        if let parent, Self.attributesUnchanged(parent, info) {
             node.extendedAttributes = parent.extendedAttributes
-        } else {
+        } else if !(attributesLater && info.isRegular) {
             node.extendedAttributes = ExtendedAttributes.read(path)
         }
         return node
     }
 
+    /// Whether an entry still has the extended attributes its parent node recorded (see `makeNode`).
+    static func attributesUnchanged(_ parent: Node, _ info: FileInfo) -> Bool {
+        parent.type == info.nodeKind && parent.inode == info.inode && info.inode != 0
+            && parent.deviceID == info.device && parent.ctime == info.ctime
+    }
+
     /// Backs up one directory entry of any type. Returns nil when it is excluded or unreadable.
     /// `stat` is the entry's lstat result when the caller has it already.
+    /// `directory` is an open descriptor of the entry's directory, when the caller holds one.
     func archiveEntry(name: [UInt8], path: RawPath, parentNodes: [Node?], device: UInt64?,
-                      stat: Result<FileInfo, HavenError>? = nil) async throws -> Node? {
+                      stat: Result<FileInfo, HavenError>? = nil, directory: Int32? = nil) async throws -> Node? {
         // Counters describe the backup as seen from the first repository's parent.
         let parentNode = parentNodes[0]
         try Task.checkCancellation()
@@ -555,11 +567,13 @@ public final class Archiver: Sendable {
             return nil
         }
         if let limit = options.excludeLargerThan, info.isRegular, info.size > limit { return nil }
-        var node = makeNode(name: name, info: info, path: path, parent: parentNode)
+        var node = makeNode(name: name, info: info, path: path, parent: parentNode, attributesLater: true)
         switch node.type {
         case .file:
+            let attributesPending = !(parentNode.map { Self.attributesUnchanged($0, info) } ?? false)
             do {
-                try await archiveFile(&node, path: path, info: info, parentNodes: parentNodes)
+                try await archiveFile(&node, path: path, info: info, parentNodes: parentNodes,
+                                      directory: directory.map { ($0, name) }, attributesPending: attributesPending)
             } catch let e as SourceReadError {
                 warn(path.description, "\(e.message); skipped")
                 return nil
@@ -610,9 +624,17 @@ public final class Archiver: Sendable {
     func archiveDirectory(_ path: RawPath, parentTrees: [ParentTree?], device: UInt64?) async throws -> (ID, Int) {
         var names: [[UInt8]] = []
         var stats: [Result<FileInfo, HavenError>] = []
+        // The directory stays open while its entries are backed up, so files are opened relative to it
+        // (no lookup of the whole path for each), unless many directories are open already: a deep tree
+        // must not run out of descriptors.
+        var kept: OpaquePointer?
+        defer { if let kept { closedir(kept); openDirectories.subtract(1, ordering: .relaxed) } }
         let ok = path.withCString { p -> Bool in
             guard let dir = opendir(p) else { return false }
-            defer { closedir(dir) }
+            var keep = false
+            defer {
+                if keep { kept = dir } else { closedir(dir) }
+            }
             while let entry = readdir(dir) {
                 let name = FileSystem.entryName(entry)
                 if name == [46] || name == [46, 46] { continue }
@@ -625,8 +647,14 @@ public final class Archiver: Sendable {
             for name in names {
                 stats.append(FileInfo.lstat(at: fd, name, path: path.appending(name)))
             }
+            if openDirectories.add(1, ordering: .relaxed).newValue <= Self.maxOpenDirectories {
+                keep = true
+            } else {
+                openDirectories.subtract(1, ordering: .relaxed)
+            }
             return true
         }
+        let directoryFD = kept.map { dirfd($0) }
         if !ok {
             warn(path.description, "cannot read directory: \(Errno(errno)); its contents are skipped")
         }
@@ -651,7 +679,8 @@ public final class Archiver: Sendable {
                 let stat = stats[i]
                 let isDirectory = (try? stat.get())?.isDirectory ?? false
                 if isDirectory && !directorySlots.tryAcquire() {
-                    results[i] = try await archiveEntry(name: name, path: childPath, parentNodes: parentNodes, device: device, stat: stat)
+                    results[i] = try await archiveEntry(name: name, path: childPath, parentNodes: parentNodes, device: device,
+                                                        stat: stat, directory: directoryFD)
                     continue
                 }
                 if inFlight >= Self.entriesInFlight {
@@ -660,7 +689,8 @@ public final class Archiver: Sendable {
                 }
                 group.addTask {
                     defer { if isDirectory { self.directorySlots.release() } }
-                    return (i, try await self.archiveEntry(name: name, path: childPath, parentNodes: parentNodes, device: device, stat: stat))
+                    return (i, try await self.archiveEntry(name: name, path: childPath, parentNodes: parentNodes, device: device,
+                                                           stat: stat, directory: directoryFD))
                 }
                 inFlight += 1
             }
@@ -693,9 +723,13 @@ public final class Archiver: Sendable {
         return first.content
     }
 
-    func archiveFile(_ node: inout Node, path: RawPath, info: FileInfo, parentNodes: [Node?]) async throws {
+    /// `directory` (an open descriptor of the file's directory and its name there) saves a lookup of the
+    /// whole path; with `attributesPending`, the extended attributes are read too, from the open file.
+    func archiveFile(_ node: inout Node, path: RawPath, info: FileInfo, parentNodes: [Node?],
+                     directory: (fd: Int32, name: [UInt8])? = nil, attributesPending: Bool = false) async throws {
         let parentNode = parentNodes[0]
         if let content = unchangedContent(parentNodes, info) {
+            if attributesPending { node.extendedAttributes = ExtendedAttributes.read(path) }
             node.content = content
             counts.withLock { $0.filesUnmodified += 1; $0.totalFilesProcessed += 1; $0.totalBytesProcessed += info.size }
             progress.update { $0.filesDone += 1; $0.bytesDone += info.size }
@@ -706,15 +740,20 @@ public final class Archiver: Sendable {
         let token = progress.begin(path.description)
         defer { progress.end(token) }
         var flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | haven_o_noatime()
-        var fd = path.withCString { open($0, flags) }
+        func openFile() -> Int32 {
+            if let directory { return RawPath(directory.name).withCString { openat(directory.fd, $0, flags) } }
+            return path.withCString { open($0, flags) }
+        }
+        var fd = openFile()
         if fd < 0 && errno == EPERM {
             flags &= ~haven_o_noatime()
-            fd = path.withCString { open($0, flags) }
+            fd = openFile()
         }
         guard fd >= 0 else {
             throw SourceReadError(message: "cannot open: \(Errno(errno))")
         }
         defer { close(fd) }
+        if attributesPending { node.extendedAttributes = ExtendedAttributes.read(descriptor: fd) }
         let (content, size) = try await saveStream(descriptor: fd, path: path.description, expectedSize: info.size)
         node.content = content
         node.size = size

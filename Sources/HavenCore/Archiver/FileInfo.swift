@@ -129,27 +129,38 @@ final class NameCache: Sendable {
 enum ExtendedAttributes {
     /// Reads a path's extended attributes without following symlinks. Unsupported filesystems give [].
     static func read(_ path: RawPath) -> [Node.ExtendedAttribute] {
-        path.withCString { p -> [Node.ExtendedAttribute] in
-            let size = llistxattr(p, nil, 0)
-            guard size > 0 else { return [] }
-            var names = [CChar](repeating: 0, count: size)
-            let got = llistxattr(p, &names, size)
-            guard got > 0 else { return [] }
-            var out: [Node.ExtendedAttribute] = []
-            var start = 0
-            for i in 0..<got where names[i] == 0 {
-                let nameBytes = names[start..<i].map { UInt8(bitPattern: $0) }
-                start = i + 1
-                guard !nameBytes.isEmpty else { continue }
-                let name = String(decoding: nameBytes, as: UTF8.self)
-                let vsize = lgetxattr(p, name, nil, 0)
-                guard vsize >= 0 else { continue }
-                var value = [UInt8](repeating: 0, count: vsize)
-                let vgot = vsize == 0 ? 0 : lgetxattr(p, name, &value, vsize)
-                guard vgot >= 0 else { continue }
-                out.append(Node.ExtendedAttribute(name: name, value: Array(value.prefix(vgot))))
-            }
-            return out.sorted { $0.name < $1.name }
+        path.withCString { p in
+            collect(list: { llistxattr(p, $0, $1) }, get: { lgetxattr(p, $0, $1, $2) })
         }
+    }
+
+    /// Reads the extended attributes of an open file (no path lookup).
+    static func read(descriptor fd: Int32) -> [Node.ExtendedAttribute] {
+        collect(list: { flistxattr(fd, $0, $1) }, get: { fgetxattr(fd, $0, $1, $2) })
+    }
+
+    /// The attributes that `list` names, with the values `get` returns, sorted by name.
+    private static func collect(list: (UnsafeMutablePointer<CChar>?, Int) -> Int,
+                                get: (UnsafePointer<CChar>, UnsafeMutableRawPointer?, Int) -> Int) -> [Node.ExtendedAttribute] {
+        let size = list(nil, 0)
+        guard size > 0 else { return [] }
+        var names = [CChar](repeating: 0, count: size)
+        let got = names.withUnsafeMutableBufferPointer { list($0.baseAddress, size) }
+        guard got > 0 else { return [] }
+        var out: [Node.ExtendedAttribute] = []
+        var start = 0
+        for i in 0..<got where names[i] == 0 {
+            let nameBytes = names[start..<i].map { UInt8(bitPattern: $0) }
+            start = i + 1
+            guard !nameBytes.isEmpty else { continue }
+            let name = String(decoding: nameBytes, as: UTF8.self)
+            let vsize = get(name, nil, 0)
+            guard vsize >= 0 else { continue }
+            var value = [UInt8](repeating: 0, count: vsize)
+            let vgot = vsize == 0 ? 0 : value.withUnsafeMutableBytes { get(name, $0.baseAddress, vsize) }
+            guard vgot >= 0 else { continue }
+            out.append(Node.ExtendedAttribute(name: name, value: Array(value.prefix(vgot))))
+        }
+        return out.sorted { $0.name < $1.name }
     }
 }

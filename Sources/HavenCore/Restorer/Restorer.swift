@@ -8,11 +8,13 @@ import Darwin
 extension Restorer {
     /// Carries out `plan` into `plan.options.target`.
     ///
-    /// Directories, files (pre-sized, still empty), symlinks, hard links, FIFOs and device nodes are created
-    /// first, in plan order. Then file contents are written pack by pack: each pack's needed blobs are read in
-    /// a few large ranges, decrypted, and written at every position that uses them (all-zero blobs are left
-    /// as holes). Then, when `verify` is set, every written file is re-read and checked. Last come owners,
-    /// extended attributes, modes and times, directories deepest first.
+    /// Directories, files of several blobs (pre-sized, still empty), symlinks, hard links, FIFOs and device
+    /// nodes are created first, in plan order. Then file contents are written pack by pack: each pack's
+    /// needed blobs are read in a few large ranges, decrypted, and written at every position that uses them
+    /// (all-zero blobs are left as holes). A file of one blob is created when that blob is written. Then,
+    /// when `verify` is set, every written file is re-read and checked. Last come owners, extended
+    /// attributes, modes and times, directories deepest first; without `verify`, a file whose last blob a
+    /// task has just written gets them at once through its open descriptor.
     ///
     /// Everything is created relative to directory descriptors opened without following symlinks, so nothing
     /// outside the target is created, changed or followed, whatever the snapshot contains.
@@ -145,6 +147,8 @@ final class RestoreRun: @unchecked Sendable {
         var failed: Set<Int> = []
         /// Blob uses still to be written, by entry (0 for entries with no content to write).
         var remaining: [Int32] = []
+        /// Entries whose metadata was set as their last content was written (phase 3 skips them).
+        var metadataDone: [Bool] = []
         var progress = RestoreProgress()
     }
 
@@ -160,6 +164,16 @@ final class RestoreRun: @unchecked Sendable {
     var states: [State]
     /// Inode of each hard-link primary file as created or kept, to recognise existing links.
     var inodes: [Int: UInt64] = [:]
+    /// Files that phase 1 only reserves: phase 2 creates each when its one blob is written, then sets its
+    /// metadata through the same descriptor, so a small file costs one open instead of three and no
+    /// ftruncate, fstatat or path lookups. Hard-link targets are created in phase 1 (links need them).
+    let createdWithContent: [Bool]
+    /// Whether a file's metadata is set as soon as its content is complete. Not with verification, which
+    /// reads the files afterwards (and would change their access times).
+    let earlyMetadata: Bool
+    /// Directory descriptor caches for content writers, one taken per pack job, so that creating and
+    /// opening files in phase 2 does not wait on one lock.
+    let writerDirectories = Locked<[RestoreDirectories]>([])
 
     init(plan: RestorePlan, repository: Repository, rootFD: Int32, progress: (@Sendable (RestoreProgress) -> Void)?) {
         self.plan = plan
@@ -169,7 +183,12 @@ final class RestoreRun: @unchecked Sendable {
         dirs = RestoreDirectories(rootFD: rootFD, entries: plan.entries)
         progressCallback = progress
         states = Array(repeating: .pending, count: plan.entries.count)
+        createdWithContent = plan.entries.map { e in
+            e.action == .file && e.size > 0 && e.node.content.count == 1 && !RestorePlan.mayBeHardLinked(e.node)
+        }
+        earlyMetadata = !plan.options.verify
         shared.withLock { s in
+            s.metadataDone = Array(repeating: false, count: plan.entries.count)
             s.errors = plan.errors
             s.warnings = plan.warnings
             s.progress.filesTotal = plan.fileCount
@@ -406,6 +425,7 @@ final class RestoreRun: @unchecked Sendable {
             let rc = RestoreFS.withCString(e.name) { mkdirat(pfd, $0, 0o700) }
             guard rc == 0 else { throw RestoreFS.failure("create the directory", e.path) }
         case .file:
+            if createdWithContent[i] { return (.created, nil) }  // by phase 2, with its content
             let fd = RestoreFS.withCString(e.name) { openat(pfd, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
             guard fd >= 0 else { throw RestoreFS.failure("create the file", e.path) }
             defer { close(fd) }
@@ -575,8 +595,11 @@ final class RestoreRun: @unchecked Sendable {
                     blobs.append(PackBlob(blob: u.blob, uses: [u.use]))
                 }
             }
-            try await self.restorePack(PackJob(pack: sortedPacks[Int(uses[run.lowerBound].pack)], blobs: blobs))
+            let dirs = self.writerDirectories.withLock { $0.popLast() } ?? self.dirs.sibling()
+            defer { self.writerDirectories.withLock { $0.append(dirs) } }
+            try await self.restorePack(PackJob(pack: sortedPacks[Int(uses[run.lowerBound].pack)], blobs: blobs), dirs: dirs)
         }
+        for d in writerDirectories.withLock({ pool in defer { pool = [] }; return pool }) { d.closeAll() }
     }
 
     /// Splits the uses of one pack (sorted by offset) into read ranges: a new range starts where the gap to
@@ -604,8 +627,8 @@ final class RestoreRun: @unchecked Sendable {
     }
 
     /// Restores the blobs of one read range of a pack (see `readRuns`).
-    func restorePack(_ job: PackJob) async throws {
-        var files = OpenFiles()
+    func restorePack(_ job: PackJob, dirs: RestoreDirectories) async throws {
+        var files = OpenFiles(dirs: dirs)
         defer { files.closeAll() }
         let range = job.blobs
         try Self.checkCancelled()
@@ -634,28 +657,53 @@ final class RestoreRun: @unchecked Sendable {
                 case .success(let plain):
                     let zero = plain.withUnsafeBytes { RestoreFS.isAllZero($0) }
                     for use in b.uses {
-                        if !zero && !isFailed(use.entry) {
+                        // An all-zero blob is left as a hole in a pre-sized file; a file created here
+                        // (its only blob) still has to be created and sized.
+                        if (!zero || createdWithContent[use.entry]) && !isFailed(use.entry) {
                             do {
-                                try write(plain, use, &files)
+                                try write(plain, zero: zero, use, &files)
                             } catch let err as HavenError {
                                 if Self.isFatal(err) { throw err }
                                 fail(use.entry, err.message)
                                 files.close(use.entry)
                             }
                         }
-                        finish(use.entry, bytes: UInt64(plain.count))
+                        if finish(use.entry, bytes: UInt64(plain.count)) { try completed(use.entry, &files) }
                     }
                 }
             }
         }
     }
 
-    private func write(_ plain: [UInt8], _ use: BlobUse, _ files: inout OpenFiles) throws {
+    private func write(_ plain: [UInt8], zero: Bool, _ use: BlobUse, _ files: inout OpenFiles) throws {
         let e = entries[use.entry]
         let fd = try files.descriptor(for: use.entry, in: self)
-        if let err = plain.withUnsafeBytes({ RestoreFS.pwriteFully(fd, $0, offset: use.offset) }) {
+        if zero {
+            if ftruncate(fd, off_t(e.size)) != 0 { throw RestoreFS.failure("set the file's size to \(e.size) bytes", e.path) }
+        } else if let err = plain.withUnsafeBytes({ RestoreFS.pwriteFully(fd, $0, offset: use.offset) }) {
             throw RestoreFS.failure("write the file", e.path, err)
         }
+    }
+
+    /// A file's last blob was written (or failed): when this task holds the file open, its metadata is set
+    /// through that descriptor now instead of by path in phase 3, and the file is closed.
+    private func completed(_ entry: Int, _ files: inout OpenFiles) throws {
+        guard earlyMetadata, let fd = files.fds[entry] else { return }
+        defer { files.close(entry) }
+        let e = entries[entry]
+        // Extended attributes are set by path in phase 3 (Linux has fsetxattr, but the Glibc module does
+        // not export it); they are rare on regular files.
+        guard !isFailed(entry), e.node.extendedAttributes.isEmpty else { return }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return }  // phase 3 will try by path
+        do {
+            try setMetadata(e, current: st, owner: { fchown(fd, $0, $1) }, mode: { fchmod(fd, $0) },
+                            times: { futimens(fd, $0) })
+        } catch let err as HavenError {
+            if Self.isFatal(err) { throw err }
+            addError(e.path, err.message)
+        }
+        shared.withLock { $0.metadataDone[entry] = true }
     }
 
     private func failUses(_ b: PackBlob, _ message: String) {
@@ -665,28 +713,54 @@ final class RestoreRun: @unchecked Sendable {
         }
     }
 
-    private func finish(_ entry: Int, bytes: UInt64) {
-        shared.withLock { s in
+    /// Counts one blob use of `entry` as done; true when it was the file's last.
+    @discardableResult
+    private func finish(_ entry: Int, bytes: UInt64) -> Bool {
+        let last = shared.withLock { s -> Bool in
             s.progress.bytesDone += bytes
             if entry < s.remaining.count, s.remaining[entry] > 0 {
                 s.remaining[entry] -= 1
-                if s.remaining[entry] == 0 { s.progress.filesDone += 1 }
+                if s.remaining[entry] == 0 {
+                    s.progress.filesDone += 1
+                    return true
+                }
             }
+            return false
         }
         report()
+        return last
     }
 
     /// A few files open for writing, per pack task; the least recently opened is closed first.
     struct OpenFiles {
+        /// This task's directory descriptors.
+        let dirs: RestoreDirectories
         var fds: [Int: Int32] = [:]
         var order: [Int] = []
         let capacity = 16
+
+        init(dirs: RestoreDirectories) { self.dirs = dirs }
 
         mutating func descriptor(for entry: Int, in run: RestoreRun) throws -> Int32 {
             if let fd = fds[entry] { return fd }
             if fds.count >= capacity, let oldest = order.first { close(oldest) }
             let e = run.entries[entry]
-            let (fd, err) = try run.dirs.with(e.parent) { pfd in
+            if run.createdWithContent[entry] {
+                // Created here: O_EXCL guarantees a new regular file, so it needs no fstat. Permission bits
+                // are given at creation (setuid, setgid and sticky only after chown, in `setMetadata`), so
+                // the usual file needs no chmod either.
+                let perm = e.node.unixPermissions
+                let mode = perm & 0o7000 == 0 ? mode_t(perm) : 0o600
+                let (fd, err) = try dirs.with(e.parent) { pfd in
+                    let fd = RestoreFS.withCString(e.name) { openat(pfd, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode) }
+                    return (fd, errno)
+                }
+                guard fd >= 0 else { throw RestoreFS.failure("create the file", e.path, err) }
+                fds[entry] = fd
+                order.append(entry)
+                return fd
+            }
+            let (fd, err) = try dirs.with(e.parent) { pfd in
                 let fd = RestoreFS.withCString(e.name) { openat(pfd, $0, O_WRONLY | O_NOFOLLOW | O_CLOEXEC) }
                 return (fd, errno)
             }
@@ -741,8 +815,8 @@ final class RestoreRun: @unchecked Sendable {
     // MARK: Phase 3: metadata
 
     func applyMetadata() async throws {
-        let failed = shared.withLock { $0.failed }
-        func wanted(_ i: Int) -> Bool { (states[i] == .created || states[i] == .kept) && !failed.contains(i) }
+        let (failed, done) = shared.withLock { ($0.failed, $0.metadataDone) }
+        func wanted(_ i: Int) -> Bool { (states[i] == .created || states[i] == .kept) && !failed.contains(i) && !done[i] }
         // Files, symlinks and special files first, in parallel: they are independent, and each worker has
         // its own directory descriptors (entries are in tree order, so a slice keeps to few directories).
         let others = entries.indices.filter { i in
@@ -789,26 +863,49 @@ final class RestoreRun: @unchecked Sendable {
         guard isLink == (e.action == .symlink), (type == UInt32(S_IFDIR)) == (e.action == .directory) else {
             throw HavenError(.io, "the entry was replaced during the restore; its metadata was not restored")
         }
-        var problems: [String] = []
-        let node = e.node
-        if options.restoreOwnership {
-            let rc = RestoreFS.withCString(e.name) { fchownat(pfd, $0, uid_t(node.uid), gid_t(node.gid), AT_SYMLINK_NOFOLLOW) }
-            if rc != 0 { problems.append("cannot set owner \(node.uid):\(node.gid): \(Errno(errno))") }
-        }
-        // After chown (which drops capabilities) and before chmod (which may make the file read-only).
-        for a in node.extendedAttributes {
-            if let err = RestoreFS.setExtendedAttribute(pfd, e.name, attribute: a.name, value: a.value) {
-                addWarning(e.path, "cannot set extended attribute \(a.name): \(Errno(err))")
+        // Extended attributes go after chown (which drops capabilities) and before chmod (which may make
+        // the file read-only).
+        let setAttributes = {
+            for a in e.node.extendedAttributes {
+                if let err = RestoreFS.setExtendedAttribute(pfd, e.name, attribute: a.name, value: a.value) {
+                    self.addWarning(e.path, "cannot set extended attribute \(a.name): \(Errno(err))")
+                }
             }
         }
-        if !isLink {
-            // Not a symlink (checked above), so fchmodat does not follow anything.
-            let rc = RestoreFS.withCString(e.name) { fchmodat(pfd, $0, mode_t(node.unixPermissions), 0) }
-            if rc != 0 { problems.append("cannot set mode \(String(node.unixPermissions, radix: 8)): \(Errno(errno))") }
+        try RestoreFS.withCString(e.name) { name in
+            // Not a symlink when chmod is called (checked above), so fchmodat does not follow anything.
+            try setMetadata(e, current: st, owner: { fchownat(pfd, name, $0, $1, AT_SYMLINK_NOFOLLOW) },
+                            mode: isLink ? nil : { fchmodat(pfd, name, $0, 0) },
+                            times: { utimensat(pfd, name, $0, AT_SYMLINK_NOFOLLOW) }, beforeMode: setAttributes)
         }
-        var times = [RestoreFS.timeSpec(node.atime), RestoreFS.timeSpec(node.mtime)]
-        let rc = RestoreFS.withCString(e.name) { utimensat(pfd, $0, &times, AT_SYMLINK_NOFOLLOW) }
-        if rc != 0 { problems.append("cannot set times: \(Errno(errno))") }
+    }
+
+    /// Sets owner, permissions and times through the given calls, skipping an owner or mode the entry
+    /// already has (`current`: its stat), since each change is a journaled inode update. `beforeMode` runs
+    /// between the owner and the mode (extended attributes go there). Throws the problems, joined.
+    private func setMetadata(_ e: RestorePlan.Entry, current st: stat,
+                             owner: (uid_t, gid_t) -> Int32, mode: ((mode_t) -> Int32)?,
+                             times: (UnsafePointer<timespec>) -> Int32, beforeMode: () -> Void = {}) throws {
+        var problems: [String] = []
+        let node = e.node
+        var chowned = false
+        if options.restoreOwnership && (UInt32(st.st_uid) != node.uid || UInt32(st.st_gid) != node.gid) {
+            if owner(uid_t(node.uid), gid_t(node.gid)) != 0 {
+                problems.append("cannot set owner \(node.uid):\(node.gid): \(Errno(errno))")
+            }
+            chowned = true
+        }
+        beforeMode()
+        // chown clears setuid and setgid, so after one the mode is set again whatever it was.
+        if let mode, chowned || UInt32(st.st_mode) & 0o7777 != node.unixPermissions {
+            if mode(mode_t(node.unixPermissions)) != 0 {
+                problems.append("cannot set mode \(String(node.unixPermissions, radix: 8)): \(Errno(errno))")
+            }
+        }
+        let stamps = [RestoreFS.timeSpec(node.atime), RestoreFS.timeSpec(node.mtime)]
+        if stamps.withUnsafeBufferPointer({ times($0.baseAddress!) }) != 0 {
+            problems.append("cannot set times: \(Errno(errno))")
+        }
         if !problems.isEmpty { throw HavenError(.io, problems.joined(separator: "; ")) }
     }
 }
