@@ -57,7 +57,7 @@ final class SFTPConnection: @unchecked Sendable {
 
     let location: String
     let commandLine: String
-    private let child: ChildProcess
+    private let child: Subprocess
     /// True once the server's VERSION reply arrived.
     private let connected = Mutex(false)
     private let state = Mutex(State())
@@ -83,7 +83,7 @@ final class SFTPConnection: @unchecked Sendable {
         }
         signal(SIGPIPE, SIG_IGN)
         do {
-            child = try ChildProcess(executable: executable, arguments: Array(command.dropFirst()))
+            child = try Subprocess([executable] + Array(command.dropFirst()))
         } catch let e as HavenError {
             throw HavenError(.io, "cannot start `\(commandLine)` for \(location): \(e.message)")
         }

@@ -8,10 +8,10 @@ struct GlobalOptions: ParsableArguments {
     @Option(name: [.customShort("r"), .customLong("repo")], help: ArgumentHelp("Repository location.", valueName: "REPO"))
     var repo: [String] = []
 
-    @Option(help: ArgumentHelp("File to read the repository password from.", valueName: "FILE"))
+    @Option(help: ArgumentHelp("File to read the repository password from (white space at either end is ignored, as restic does).", valueName: "FILE"))
     var passwordFile: String?
 
-    @Option(help: ArgumentHelp("Shell command whose output is the repository password.", valueName: "CMD"))
+    @Option(help: ArgumentHelp("Shell command whose output is the repository password (white space at either end is ignored).", valueName: "CMD"))
     var passwordCommand: String?
 
     @Flag(help: "Print results as JSON.")
@@ -129,9 +129,9 @@ struct GlobalOptions: ParsableArguments {
 
     /// The password from (in order) --password-command, --password-file, the environment, or a prompt.
     func password(prompt: String = "enter password for repository: ", confirm: Bool = false) throws -> String {
-        if let cmd = passwordCommand { return try Self.runPasswordCommand(cmd) }
+        if let cmd = passwordCommand { return try PasswordText.fromCommand(cmd) }
         let file = passwordFile ?? environment["HAVEN_PASSWORD_FILE"] ?? environment["RESTIC_PASSWORD_FILE"]
-        if let file { return try Self.readPasswordFile(file) }
+        if let file { return try PasswordText.fromFile(file) }
         if let pw = environment["HAVEN_PASSWORD"] ?? environment["RESTIC_PASSWORD"] { return pw }
         guard isatty(0) == 1 || FileManager.default.isReadableFile(atPath: "/dev/tty") && isatty(2) == 1 else {
             throw HavenError(.usage, "no password given: use --password-file, HAVEN_PASSWORD_FILE or HAVEN_PASSWORD (no terminal to ask on)")
@@ -143,34 +143,6 @@ struct GlobalOptions: ParsableArguments {
         }
         guard !pw.isEmpty else { throw HavenError(.usage, "an empty password is not allowed") }
         return pw
-    }
-
-    static func readPasswordFile(_ path: String) throws -> String {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw HavenError(.usage, "cannot read password file \(path): it does not exist or is not readable")
-        }
-        var s = String(decoding: data, as: UTF8.self)
-        // Like restic: the first line, without the newline.
-        if let nl = s.firstIndex(where: { $0 == "\n" || $0 == "\r\n" }) { s = String(s[..<nl]) }
-        if s.hasSuffix("\r") { s.removeLast() }
-        guard !s.isEmpty else { throw HavenError(.usage, "password file \(path) is empty") }
-        return s
-    }
-
-    static func runPasswordCommand(_ cmd: String) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/sh")
-        p.arguments = ["-c", cmd]
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw HavenError(.usage, "password command failed with exit code \(p.terminationStatus)") }
-        var s = String(decoding: data, as: UTF8.self)
-        while s.hasSuffix("\n") || s.hasSuffix("\r") { s.removeLast() }
-        guard !s.isEmpty else { throw HavenError(.usage, "password command printed nothing") }
-        return s
     }
 
     /// Opens the repository with its cache; loads the index (and cleans the cache) unless `index` is false.

@@ -14,7 +14,7 @@ final class SSHServer: @unchecked Sendable {
     let userKey: String
     /// sshd, started with posix_spawn: Foundation's `Process` mis-detects the exit of children that close
     /// inherited descriptors (as sshd does) and then stalls exit detection for every other `Process`.
-    let process: ChildProcess
+    let process: Subprocess
     /// A known_hosts file holding this server's host key.
     let knownHosts: String
     let nonce = UUID().uuidString
@@ -81,7 +81,7 @@ final class SSHServer: @unchecked Sendable {
         knownHosts = dir.sub("known_hosts")
         try Fixture.write(knownHosts, Array("[127.0.0.1]:\(port) \(hostKey)\n".utf8))
         let log = dir.sub("sshd.log")
-        let p = try ChildProcess(executable: "/usr/sbin/sshd", arguments: ["-D", "-E", log, "-f", dir.sub("sshd_config")])
+        let p = try Subprocess(["/usr/sbin/sshd", "-D", "-E", log, "-f", dir.sub("sshd_config")])
         process = p
         let deadline = Date().addingTimeInterval(15)
         while !Self.accepts(port) {

@@ -494,39 +494,28 @@ public actor Daemon: DaemonControl {
 }
 
 extension PasswordSource {
-    /// The password: the first line of the file or command output, or the variable's value.
-    public func resolve(repository: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> String {
-        var text: String
-        switch self {
-        case .file(let path):
-            guard let data = FileManager.default.contents(atPath: path) else {
-                throw HavenError(.usage, "cannot read the password file \(path) of repository \(repository)")
+    /// The password, read as the job's `haven` process reads it (`PasswordText`): a file or a command's
+    /// output without white space at either end, a variable's or literal's value as it is. A command
+    /// that runs longer than `commandTimeout` seconds is stopped.
+    public func resolve(repository: String, environment: [String: String] = ProcessInfo.processInfo.environment,
+                        commandTimeout: Double = 120) throws -> String {
+        do {
+            switch self {
+            case .file(let path): return try PasswordText.fromFile(path)
+            case .command(let cmd): return try PasswordText.fromCommand(cmd, timeout: commandTimeout)
+            case .environment(let name):
+                guard let v = environment[name] else {
+                    throw HavenError(.usage, "the password of repository \(repository) comes from $\(name), which is not set")
+                }
+                guard !v.isEmpty else { throw HavenError(.usage, "the password of repository \(repository) is empty ($\(name))") }
+                return v
+            case .literal(let pw):
+                guard !pw.isEmpty else { throw HavenError(.usage, "the password of repository \(repository) is empty") }
+                return pw
             }
-            text = String(decoding: data, as: UTF8.self)
-        case .environment(let name):
-            guard let v = environment[name] else {
-                throw HavenError(.usage, "the password of repository \(repository) comes from $\(name), which is not set")
-            }
-            text = v
-        case .command(let cmd):
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/bin/sh")
-            p.arguments = ["-c", cmd]
-            let out = Pipe()
-            p.standardOutput = out
-            try p.run()
-            let data = out.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            guard p.terminationStatus == 0 else {
-                throw HavenError(.usage, "the password command of repository \(repository) failed with exit code \(p.terminationStatus)")
-            }
-            text = String(decoding: data, as: UTF8.self)
-        case .literal(let pw):
-            text = pw
+        } catch let e as HavenError where e.code == .usage && !e.message.contains("repository \(repository)") {
+            throw HavenError(.usage, "repository \(repository): \(e.message)")
         }
-        if let nl = text.firstIndex(where: { $0 == "\n" || $0 == "\r" || $0 == "\r\n" }) { text = String(text[..<nl]) }
-        guard !text.isEmpty else { throw HavenError(.usage, "the password of repository \(repository) is empty") }
-        return text
     }
 }
 

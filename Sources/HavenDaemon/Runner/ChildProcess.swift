@@ -5,82 +5,62 @@ import Glibc
 #endif
 
 /// A child process whose output is read line by line on dedicated threads (never on the cooperative pool),
-/// and whose exit is awaited without blocking a thread.
+/// and whose exit is awaited without blocking a thread. Built on `Subprocess`, so a child that closes its
+/// inherited descriptors (a hook running ssh) does not delay seeing that other children ended.
 public final class ChildProcess: Sendable {
-    public struct Exit: Sendable, Equatable {
-        /// The exit code, or 128 + signal when killed by a signal.
-        public var code: Int32
-        public var signaled: Bool
-    }
+    public typealias Exit = Subprocess.Exit
 
-    let process: Process
-    /// Whether signals go to the child's whole process group (everything it started).
-    let signalsGroup: Bool
+    let process: Subprocess
     private let exitBox = Locked<Exit?>(nil)
     private let waiters = Locked<[CheckedContinuation<Exit, Never>]>([])
     private let readers = DispatchGroup()
 
-    public var pid: Int32 { process.processIdentifier }
+    public var pid: Int32 { process.pid }
 
     /// Starts `arguments[0]` (looked up in PATH when it has no slash) with `environment`.
     /// `onLine` is called with each line of stdout (`false`) and stderr (`true`), in order per stream.
-    /// With `newProcessGroup`, stopping the child also stops whatever it started (a hook's `sleep`, a
-    /// pipeline): Foundation starts each child as the leader of its own process group, and signals go to
-    /// that group.
-    public init(_ arguments: [String], environment: [String: String]? = nil, directory: String? = nil,
+    /// With `newProcessGroup`, the child leads a process group of its own, and stopping it also stops
+    /// whatever it started (a hook's `sleep`, a pipeline).
+    public init(_ arguments: [String], environment: [String: String]? = nil,
                 stdin: String? = nil, newProcessGroup: Bool = false,
                 onLine: @escaping @Sendable (_ stderr: Bool, _ line: String) -> Void) throws {
-        guard let first = arguments.first else { throw HavenError(.usage, "empty command") }
-        let p = Process()
-        if first.contains("/") {
-            p.executableURL = URL(fileURLWithPath: first)
-            p.arguments = Array(arguments.dropFirst())
-        } else {
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            p.arguments = arguments
-        }
-        if let environment { p.environment = environment }
-        if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
-        let out = Pipe()
-        let err = Pipe()
-        let input = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        p.standardInput = input
+        let p = try Subprocess(arguments, environment: environment, newProcessGroup: newProcessGroup)
         process = p
-        p.terminationHandler = { [exitBox, waiters, readers] proc in
-            let exit = Exit(code: proc.terminationReason == .uncaughtSignal ? 128 + proc.terminationStatus : proc.terminationStatus,
-                            signaled: proc.terminationReason == .uncaughtSignal)
+        Self.readLines(p, p.stdout, stderr: false, group: readers, onLine: onLine)
+        Self.readLines(p, p.stderr, stderr: true, group: readers, onLine: onLine)
+        p.onExit { [exitBox, waiters, readers] in
             // Deliver the exit once both streams are drained, so callers see every line first — but no
             // later than 5 s after the exit, in case something the child started still holds the pipes.
-            DispatchQueue.global().async {
-                _ = readers.wait(timeout: .now() + 5)
-                let first = exitBox.withLock { e -> Bool in
-                    if e != nil { return false }
-                    e = exit
-                    return true
-                }
-                guard first else { return }
-                let list = waiters.withLock { w -> [CheckedContinuation<Exit, Never>] in defer { w = [] }; return w }
-                for c in list { c.resume(returning: exit) }
+            _ = readers.wait(timeout: .now() + 5)
+            let exit = p.exit ?? Exit(code: 128 + SIGKILL, signaled: true)
+            let first = exitBox.withLock { e -> Bool in
+                if e != nil { return false }
+                e = exit
+                return true
             }
+            guard first else { return }
+            let list = waiters.withLock { w -> [CheckedContinuation<Exit, Never>] in defer { w = [] }; return w }
+            for c in list { c.resume(returning: exit) }
         }
-        do {
-            try Spawner.shared.run { try p.run() }
-        } catch {
-            throw HavenError(.io, "cannot start \(first): \(error.localizedDescription)")
+        if let stdin {
+            var bytes = Array(stdin.utf8)
+            var done = 0
+            while done < bytes.count {
+                let n = bytes.withUnsafeMutableBytes { write(p.stdin, $0.baseAddress! + done, $0.count - done) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                done += n
+            }
+            bytes = []
         }
-        signalsGroup = newProcessGroup && getpgid(p.processIdentifier) == p.processIdentifier
-        Self.readLines(out.fileHandleForReading, stderr: false, group: readers, onLine: onLine)
-        Self.readLines(err.fileHandleForReading, stderr: true, group: readers, onLine: onLine)
-        if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
-        try? input.fileHandleForWriting.close()
+        p.closeStdin()
     }
 
-    private static func readLines(_ handle: FileHandle, stderr: Bool, group: DispatchGroup,
+    /// Reads `fd` to its end on a thread of its own, calling `onLine` per line. The thread keeps `process`
+    /// (which owns the descriptor) alive until then.
+    private static func readLines(_ process: Subprocess, _ fd: Int32, stderr: Bool, group: DispatchGroup,
                                   onLine: @escaping @Sendable (Bool, String) -> Void) {
         group.enter()
-        let fd = handle.fileDescriptor
         let thread = Thread {
             var pending: [UInt8] = []
             var buffer = [UInt8](repeating: 0, count: 65536)
@@ -100,7 +80,7 @@ public final class ChildProcess: Sendable {
                 }
             }
             if !pending.isEmpty { onLine(stderr, String(decoding: pending, as: UTF8.self)) }
-            try? handle.close()
+            withExtendedLifetime(process) {}
             group.leave()
         }
         thread.start()
@@ -119,57 +99,8 @@ public final class ChildProcess: Sendable {
         }
     }
 
-    public func signal(_ sig: Int32) {
-        guard process.isRunning else { return }
-        kill(signalsGroup ? -process.processIdentifier : process.processIdentifier, sig)
-    }
+    public func signal(_ sig: Int32) { process.signal(sig) }
 
     /// Asks the process to stop (SIGTERM), and kills it when it has not exited after `grace` seconds.
-    public func terminate(grace: Double) {
-        signal(SIGTERM)
-        let target = signalsGroup ? -process.processIdentifier : process.processIdentifier
-        DispatchQueue.global().asyncAfter(deadline: .now() + grace) { [exitBox] in
-            if exitBox.withLock({ $0 }) == nil { kill(target, SIGKILL) }
-        }
-    }
-}
-
-/// Starts children from one thread that lives as long as the process.
-///
-/// A child started with `HAVEN_PARENT_PID` asks the kernel for SIGTERM when its parent dies, and Linux
-/// sends that signal when the *thread* that started it ends — a worker thread of the concurrency pool
-/// can end at any idle moment, which would stop a healthy backup.
-final class Spawner: @unchecked Sendable {
-    static let shared = Spawner()
-    private let lock = NSCondition()
-    private var work: [() -> Void] = []
-
-    private init() {
-        let thread = Thread { [self] in
-            while true {
-                lock.lock()
-                while work.isEmpty { lock.wait() }
-                let next = work.removeFirst()
-                lock.unlock()
-                next()
-            }
-        }
-        thread.name = "haven-spawner"
-        thread.start()
-    }
-
-    /// Runs `body` on the spawner thread and waits for it.
-    func run(_ body: @escaping () throws -> Void) throws {
-        let done = DispatchSemaphore(value: 0)
-        var failure: (any Error)?
-        lock.lock()
-        work.append {
-            do { try body() } catch { failure = error }
-            done.signal()
-        }
-        lock.signal()
-        lock.unlock()
-        done.wait()
-        if let failure { throw failure }
-    }
+    public func terminate(grace: Double) { process.terminateLater(grace: grace) }
 }

@@ -39,10 +39,10 @@ struct Copy: AsyncParsableCommand {
     var snapshots: [String] = []
 
     func sourcePassword() throws -> String {
-        if let cmd = fromPasswordCommand { return try GlobalOptions.runPasswordCommand(cmd) }
+        if let cmd = fromPasswordCommand { return try PasswordText.fromCommand(cmd) }
         let env = global.environment
         if let file = fromPasswordFile ?? env["HAVEN_FROM_PASSWORD_FILE"] ?? env["RESTIC_FROM_PASSWORD_FILE"] {
-            return try GlobalOptions.readPasswordFile(file)
+            return try PasswordText.fromFile(file, what: "source password file")
         }
         if let pw = env["HAVEN_FROM_PASSWORD"] ?? env["RESTIC_FROM_PASSWORD"] { return pw }
         return try global.password(prompt: "enter password for source repository: ")

@@ -37,7 +37,7 @@ struct Init: AsyncParsableCommand {
         var polynomial: Polynomial?
         if copyChunkerParams {
             guard let fromRepo else { throw HavenError(.usage, "--copy-chunker-params needs --from-repo") }
-            let pw = try fromPasswordFile.map(GlobalOptions.readPasswordFile)
+            let pw = try fromPasswordFile.map { try PasswordText.fromFile($0, what: "source password file") }
                 ?? ProcessInfo.processInfo.environment["HAVEN_FROM_PASSWORD"]
                 ?? global.password(prompt: "enter password for source repository: ")
             let source = try await Repository.open(storage: GlobalOptions.storage(for: fromRepo), password: pw)

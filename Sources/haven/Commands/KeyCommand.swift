@@ -217,7 +217,7 @@ extension KeyCommand {
 
     /// The new password: from `file`, or asked twice on the terminal.
     static func newPassword(file: String?) throws -> String {
-        if let file { return try GlobalOptions.readPasswordFile(file) }
+        if let file { return try PasswordText.fromFile(file, what: "new password file") }
         // Ask only when a person is there: stdin or stderr is a terminal and /dev/tty can be opened.
         let fd = isatty(0) == 1 || isatty(2) == 1 ? open("/dev/tty", O_RDWR) : -1
         guard fd >= 0 else {
