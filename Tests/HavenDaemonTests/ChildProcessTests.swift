@@ -10,7 +10,9 @@ struct ChildProcessTests {
     /// starts, so a hook running ssh held back the end of every other job.
     @Test("a child that closes its inherited descriptors does not delay seeing another child end")
     func closingDescriptorsDoesNotStallOthers() async throws {
-        let script = "import os, time\nos.closerange(3, 65536)\ntime.sleep(10)\n"
+        // The long child sleeps far longer than any delay a loaded machine adds to the short one; it is
+        // killed when the test ends.
+        let script = "import os, time\nos.closerange(3, 65536)\ntime.sleep(120)\n"
         let long = try ChildProcess(["python3", "-c", script]) { _, _ in }
         defer { long.signal(SIGKILL) }
         try await Task.sleep(for: .milliseconds(500))  // let it close its descriptors

@@ -42,6 +42,8 @@ public final class Subprocess: Sendable {
         let exit = Mutex<Exit?>(nil)
         /// Left once the child has ended and been reaped.
         let group = DispatchGroup()
+        /// Called on the reaper thread once the child has been reaped; nil afterwards.
+        let handlers = Mutex<[@Sendable () -> Void]?>([])
     }
     private let state = State()
     private let stdinOpen = Mutex(true)
@@ -160,6 +162,7 @@ public final class Subprocess: Sendable {
                 e = signal == 0 ? Exit(code: (raw >> 8) & 0xff, signaled: false) : Exit(code: 128 + signal, signaled: true)
             }
             state.group.leave()
+            for body in state.handlers.withLock({ h in defer { h = nil }; return h ?? [] }) { body() }
         }
         thread.name = "haven-child-reaper"
         thread.start()
@@ -178,9 +181,16 @@ public final class Subprocess: Sendable {
         return exitCode
     }
 
-    /// Calls `body` (on a global queue) once the child has ended and been reaped.
+    /// Calls `body` once the child has ended and been reaped, on the child's own reaper thread (or a new
+    /// thread when it has already ended) — never on a shared pool, which other work may keep busy, so
+    /// `body` may block briefly.
     public func onExit(_ body: @escaping @Sendable () -> Void) {
-        state.group.notify(queue: .global(), execute: body)
+        let queued = state.handlers.withLock { h -> Bool in
+            guard h != nil else { return false }
+            h!.append(body)
+            return true
+        }
+        if !queued { Thread { body() }.start() }
     }
 
     /// Sends `sig` to the child (to its process group when it leads one), unless it has ended.
