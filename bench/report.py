@@ -180,6 +180,8 @@ def main(outdir, results_md):
                        f"machine), so each password check costs both tools the same work.")
         else:
             out.append(f"- scrypt: {kdf}.")
+    if meta.get("polynomial"):
+        out.append(f"- Chunker polynomial: {meta['polynomial']}")
     if meta.get("not_run"):
         out.append(f"- Not run: {meta['not_run']}.")
     out.append(f"- Mode: {meta.get('mode', '?')}; rounds: {meta.get('rounds', '?')} (median shown); "

@@ -474,6 +474,7 @@ run_steps() {
     local round=$1 corpus=$2 tool=$3 repo=$4 live=$5
     BORG_N=0
     tool_cmd "$tool" init "$repo" "$live"; timed "$round" "$corpus" "$tool" init "${CMD[@]}" || return 0
+    share_polynomial "$round" "$tool" "$repo" || return 0
     BORG_N=1
     tool_cmd "$tool" backup "$repo" "$live"; timed "$round" "$corpus" "$tool" backup1 "${CMD[@]}" || return 0
     record_size "$round" "$corpus" "$tool" after_first "$repo"
@@ -505,6 +506,39 @@ run_steps() {
     if [ "$tool" = haven ]; then record_index "$round" "$corpus" "$repo"; fi
     tool_cmd "$tool" forget_prune "$repo" "$live"
     if timed "$round" "$corpus" "$tool" forget_prune "${CMD[@]}"; then record_size "$round" "$corpus" "$tool" after_prune "$repo"; fi
+}
+
+# Chunk boundaries depend on each repository's random chunker polynomial, and so does how much a changed
+# file adds: on the random corpus, one polynomial's repository grew by 19.4 MiB and another's by 23.4 MiB
+# for the same change, while Haven and restic given the same polynomial added 21.297 MiB each. So in each
+# round Haven and restic chunk with one polynomial, from a repository made for the round, and the size
+# ratio compares the tools rather than two draws. The timed init stays a plain init; the repository it
+# made is replaced, untimed, by one that copies the round's polynomial.
+POLY_SOURCE="" POLY_SHARED=""
+make_polynomial_source() {
+    local round=$1
+    POLY_SOURCE=""
+    [ "$S3" = 1 ] && return 0
+    uses haven && uses restic || return 0
+    POLY_SOURCE="$BENCH_DIR/repos/polynomial-r$round"
+    rm -rf "$POLY_SOURCE"; mkdir -p "$BENCH_DIR/repos"
+    if ! restic -r "$POLY_SOURCE" init --repository-version 2 >"$LOGDIR/r$round-polynomial.log" 2>&1; then
+        log "could not make round $round's polynomial repository (see $LOGDIR/r$round-polynomial.log); each tool draws its own"
+        POLY_SOURCE=""
+    else
+        POLY_SHARED=1
+    fi
+}
+share_polynomial() {
+    local round=$1 tool=$2 repo=$3 log="$LOGDIR/r$round-$(basename "$repo")-polynomial.log"
+    [ -n "$POLY_SOURCE" ] || return 0
+    case "$tool" in
+        haven) rm -rf "$repo"
+               HAVEN_FROM_PASSWORD=$HAVEN_PASSWORD "$HAVEN" -r "$repo" init --copy-chunker-params --from-repo "$POLY_SOURCE" >"$log" 2>&1 ;;
+        restic) rm -rf "$repo"
+                RESTIC_FROM_PASSWORD=$RESTIC_PASSWORD restic -r "$repo" init --repository-version 2 --copy-chunker-params --from-repo "$POLY_SOURCE" >"$log" 2>&1 ;;
+        *) return 0 ;;
+    esac || { echo "$tool could not re-init $repo with round $round's polynomial (see $log)" >>"$OUT/failures.txt"; return 1; }
 }
 
 # rotated ROUND TOOL...: the tools in an order that starts one later each round, so that what one run
@@ -556,9 +590,11 @@ done
 [ "$S3" = 1 ] && start_weed
 
 for round in $(seq 1 "$ROUNDS"); do
+    make_polynomial_source "$round"
     for c in $CORPORA; do
         for tool in $(rotated "$round" $TOOLS); do run_tool "$round" "$c" "$tool"; done
     done
+    [ -z "$POLY_SOURCE" ] || rm -rf "$POLY_SOURCE"
 done
 
 {
@@ -576,6 +612,9 @@ done
     printf 'tools\t%s\n' "$TOOLS"
     printf 'kdf\t%s\n' "${KDF_PARAMS:-each tool calibrates its own}"
     printf 'storage\t%s\n' "$STORAGE"
+    if [ -n "$POLY_SHARED" ]; then
+        printf 'polynomial\t%s\n' "Haven and restic use the same one in each round (a new one per round), copied untimed after the timed init from a throwaway restic repository, so the size ratio compares the tools rather than two random draws of chunk boundaries"
+    fi
     if [ "$S3" = 1 ]; then printf 'seaweedfs_version\t%s\n' "$(weed_version)"; fi
     not_run=""
     for t in haven restic borg; do

@@ -256,8 +256,7 @@ final class SFTPConnection: @unchecked Sendable {
     /// Stops ssh without blocking the caller: SIGTERM now, SIGKILL if it is still there 2 s later.
     private func terminate() {
         guard child.exitCode == nil else { return }
-        let child = self.child
-        DispatchQueue.global().async { child.terminate(grace: 2) }
+        child.terminateLater(grace: 2)
     }
 
     /// Whether ssh's message describes a network problem that may go away (unlike a refused key or an

@@ -19,7 +19,7 @@ public final class TempDir: Sendable {
     public func sub(_ name: String) -> String { path + "/" + name }
 
     public func remove() {
-        _ = try? Process.run(URL(fileURLWithPath: "/bin/chmod"), arguments: ["-R", "u+rwx", path]).waitUntilExit()
+        _ = try? Subprocess(["/bin/chmod", "-R", "u+rwx", path]).wait(seconds: 60)
         try? FileManager.default.removeItem(atPath: path)
     }
 

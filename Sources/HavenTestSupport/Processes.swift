@@ -1,4 +1,8 @@
 import Foundation
+import HavenCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The result of running a program.
 public struct ProcessResult: Sendable, CustomStringConvertible {
@@ -10,52 +14,87 @@ public struct ProcessResult: Sendable, CustomStringConvertible {
 }
 
 public enum Run {
-    /// Runs `executable` with `arguments` and waits for it (with a timeout in seconds) on a Dispatch thread,
-    /// so that waiting never blocks the cooperative pool that other async tests need.
+    /// Runs `executable` with `arguments` and waits for it (with a timeout in seconds) on a thread of its
+    /// own, so that waiting never blocks the cooperative pool that other async tests need, nor Dispatch's
+    /// global queue, which on Linux grows only slowly when its threads block.
     @discardableResult
     public static func process(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
                                stdin: Data? = nil, directory: String? = nil, timeout: Double = 600) async throws -> ProcessResult {
         try await withCheckedThrowingContinuation { continuation in
-            DispatchQueue.global().async {
+            Thread {
                 continuation.resume(with: Result {
                     try processBlocking(executable, arguments, environment: environment, stdin: stdin, directory: directory, timeout: timeout)
                 })
-            }
+            }.start()
         }
     }
 
-    /// Runs `executable` and blocks the calling thread until it ends.
+    /// Runs `executable` and blocks the calling thread until it ends; after `timeout` seconds it is killed.
+    /// Started with `Subprocess`, so a long-running server started by another test that closes its
+    /// inherited descriptors cannot delay seeing this program end (Foundation's `Process` would).
+    /// A program killed by a signal reports that signal's number as its status.
     @discardableResult
     public static func processBlocking(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
                                        stdin: Data? = nil, directory: String? = nil, timeout: Double = 600) throws -> ProcessResult {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: executable)
-        p.arguments = arguments
+        _ = ignoreBrokenPipes
         var env = ProcessInfo.processInfo.environment
         for (k, v) in environment { env[k] = v }
-        p.environment = env
-        if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
-        let outPipe = Pipe(), errPipe = Pipe(), inPipe = Pipe()
-        p.standardOutput = outPipe
-        p.standardError = errPipe
-        p.standardInput = inPipe
-        try p.run()
-        if let stdin { inPipe.fileHandleForWriting.write(stdin) }
-        try? inPipe.fileHandleForWriting.close()
-        let outBox = DataBox(), errBox = DataBox()
-        let group = DispatchGroup()
-        group.enter()
-        DispatchQueue.global().async { outBox.data = outPipe.fileHandleForReading.readDataToEndOfFile(); group.leave() }
-        group.enter()
-        DispatchQueue.global().async { errBox.data = errPipe.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        let p = try Subprocess([executable] + arguments, environment: env, directory: directory)
+        // Input goes in from a thread of its own, so a program that writes much before it reads cannot
+        // deadlock against us.
+        let input = Thread { [p] in
+            if let stdin {
+                stdin.withUnsafeBytes { raw in
+                    var done = 0
+                    while done < raw.count {
+                        let n = write(p.stdin, raw.baseAddress! + done, raw.count - done)
+                        if n < 0 && errno == EINTR { continue }
+                        if n <= 0 { break }
+                        done += n
+                    }
+                }
+            }
+            p.closeStdin()
+        }
+        input.start()
         let deadline = Date().addingTimeInterval(timeout)
-        while p.isRunning && Date() < deadline { usleep(10_000) }
-        if p.isRunning { p.terminate(); kill(p.processIdentifier, SIGKILL) }
-        p.waitUntilExit()
-        group.wait()
-        return ProcessResult(status: p.terminationStatus, stdout: String(decoding: outBox.data, as: UTF8.self),
-                             stderr: String(decoding: errBox.data, as: UTF8.self), stdoutData: outBox.data)
+        var out: [UInt8] = [], err: [UInt8] = []
+        var open: [(fd: Int32, isErr: Bool)] = [(p.stdout, false), (p.stderr, true)]
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var killed = false
+        while !open.isEmpty {
+            let left = deadline.timeIntervalSinceNow
+            if left <= 0 && !killed {
+                p.signal(SIGKILL)
+                killed = true
+            }
+            // After a kill, whatever the program started may still hold the pipes: read what is there
+            // for at most 5 more seconds.
+            if killed && left < -5 { break }
+            var fds = open.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+            let ready = poll(&fds, nfds_t(fds.count), Int32(max(10, min(1000, left * 1000))))
+            if ready < 0 && errno != EINTR { break }
+            var closed: [Int] = []
+            for (k, f) in fds.enumerated() where f.revents != 0 {
+                let n = buffer.withUnsafeMutableBytes { read(f.fd, $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { closed.append(k); continue }
+                if open[k].isErr { err.append(contentsOf: buffer[0..<n]) } else { out.append(contentsOf: buffer[0..<n]) }
+            }
+            for k in closed.reversed() { open.remove(at: k) }
+        }
+        if p.wait(seconds: killed ? 5 : max(1, deadline.timeIntervalSinceNow)) == nil {
+            p.signal(SIGKILL)
+            _ = p.wait(seconds: 30)
+        }
+        let exit = p.exit ?? Subprocess.Exit(code: 128 + SIGKILL, signaled: true)
+        let outData = Data(out)
+        return ProcessResult(status: exit.signaled ? exit.code - 128 : exit.code, stdout: String(decoding: out, as: UTF8.self),
+                             stderr: String(decoding: err, as: UTF8.self), stdoutData: outData)
     }
+
+    /// Input to a program that has already exited is an error from `write`, not a signal that ends the tests.
+    private static let ignoreBrokenPipes: Void = { signal(SIGPIPE, SIG_IGN) }()
 
     /// Finds a program on PATH.
     public static func which(_ name: String) -> String? {
@@ -65,10 +104,6 @@ public enum Run {
         }
         return nil
     }
-}
-
-final class DataBox: @unchecked Sendable {
-    var data = Data()
 }
 
 /// Locates the built `haven` binary for CLI tests.

@@ -1,4 +1,5 @@
 import Foundation
+import HavenCore
 import HavenTestSupport
 import Testing
 
@@ -83,25 +84,35 @@ struct MultiRepoTests {
             try await s.cli.run(["-r", s.a, "-r", s.b, "--limit-upload", "8192", "backup", "--pack-size", "4", s.src])
         }
         // Once B holds its first pack, every other pack directory becomes a plain file: later uploads fail.
-        var broken: [String] = []
-        let deadline = Date().addingTimeInterval(60)
-        while broken.isEmpty && Date() < deadline {
-            let used = subdirs.filter { !((try? FileManager.default.contentsOfDirectory(atPath: data + "/" + $0)) ?? []).isEmpty }
-            if !used.isEmpty {
-                for sub in subdirs where !used.contains(sub) {
-                    try FileManager.default.removeItem(atPath: data + "/" + sub)
-                    try Fixture.write(data + "/" + sub, [])
-                    broken.append(sub)
+        // The watch runs on a thread of its own: a task on the cooperative pool can be held back for
+        // seconds when all suites run at once, and by then B may have stored every pack (CI saw that).
+        let broken = Locked<[String]>([])
+        let finished = Locked(false)
+        let watcher = DispatchSemaphore(value: 0)
+        Thread {
+            defer { watcher.signal() }
+            let deadline = Date().addingTimeInterval(60)
+            while !finished.withLock({ $0 }) && Date() < deadline {
+                let used = subdirs.filter { !((try? FileManager.default.contentsOfDirectory(atPath: data + "/" + $0)) ?? []).isEmpty }
+                guard used.isEmpty else {
+                    for sub in subdirs where !used.contains(sub) {
+                        try? FileManager.default.removeItem(atPath: data + "/" + sub)
+                        try? Fixture.write(data + "/" + sub, [])
+                        broken.withLock { $0.append(sub) }
+                    }
+                    return
                 }
-            } else {
-                try await Task.sleep(for: .milliseconds(5))
+                usleep(2000)
             }
-        }
+        }.start()
         let r = try await backup.value
-        #expect(!broken.isEmpty, "B never stored a pack")
+        finished.withLock { $0 = true }
+        watcher.wait()
+        let brokenNow = broken.withLock { $0 }
+        #expect(!brokenNow.isEmpty, "B never stored a pack")
         #expect(r.status == 1, "\(r)")
         #expect(r.stderr.contains("backup failed, no snapshot was saved"), "\(r.stderr)")
-        for sub in broken {
+        for sub in brokenNow {
             try FileManager.default.removeItem(atPath: data + "/" + sub)
             try Fixture.mkdir(data + "/" + sub)
         }

@@ -30,14 +30,7 @@ public enum PasswordText {
         let child = try Subprocess(["/bin/sh", "-c", command], newProcessGroup: timeout != nil,
                                    sharesTerminal: timeout == nil)
         child.closeStdin()
-        let timedOut = Locked(false)
-        if let timeout {
-            DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { [weak child] in
-                guard let child, child.exit == nil else { return }
-                timedOut.withLock { $0 = true }
-                child.signal(SIGKILL)
-            }
-        }
+        if let timeout { child.signal(SIGKILL, ifRunningAfter: timeout) }
         var output: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
@@ -51,7 +44,7 @@ public enum PasswordText {
             }
         }
         let code = child.wait(seconds: .infinity) ?? -1
-        if timedOut.withLock({ $0 }) {
+        if child.timerFired {
             throw HavenError(.usage, "the password command did not finish within \(Int(timeout ?? 0)) s and was stopped")
         }
         guard code == 0 else {

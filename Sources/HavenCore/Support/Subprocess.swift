@@ -44,6 +44,9 @@ public final class Subprocess: Sendable {
         let group = DispatchGroup()
         /// Called on the reaper thread once the child has been reaped; nil afterwards.
         let handlers = Mutex<[@Sendable () -> Void]?>([])
+        /// Whether a timer (`signal(_:ifRunningAfter:)`) sent its signal; set under `exit`'s lock before
+        /// the signal, so whoever sees the child's end also sees this.
+        let timerFired = Mutex(false)
     }
     private let state = State()
     private let stdinOpen = Mutex(true)
@@ -52,11 +55,15 @@ public final class Subprocess: Sendable {
     /// `environment` replaces this process's environment when given. With `newProcessGroup`, the child
     /// leads a new process group, and `signal` and `terminate` reach everything it started. With
     /// `sharesTerminal`, only stdout is a pipe: the child reads this process's stdin and writes its errors
-    /// to this process's stderr (a password command that asks on the terminal).
+    /// to this process's stderr (a password command that asks on the terminal). `directory` is the
+    /// child's working directory (this process's when nil).
     /// Throws `HavenError(.io)` naming the program when it cannot be started.
     public init(_ arguments: [String], environment: [String: String]? = nil, newProcessGroup: Bool = false,
-                sharesTerminal: Bool = false) throws {
+                sharesTerminal: Bool = false, directory: String? = nil) throws {
         guard let executable = arguments.first, !executable.isEmpty else { throw HavenError(.usage, "empty command") }
+        if directory != nil && Self.addChdir == nil {
+            throw HavenError(.io, "cannot start \(executable) in another directory: this C library lacks posix_spawn_file_actions_addchdir_np")
+        }
         var inPipe: [Int32] = [-1, -1], outPipe: [Int32] = [-1, -1], errPipe: [Int32] = [-1, -1]
         guard sharesTerminal || Self.makePipe(&inPipe), Self.makePipe(&outPipe), sharesTerminal || Self.makePipe(&errPipe) else {
             let e = errno
@@ -83,6 +90,7 @@ public final class Subprocess: Sendable {
             if !sharesTerminal { posix_spawn_file_actions_adddup2(&actions, errWrite, 2) }
             // Nothing else leaks into the child (other descriptors may lack O_CLOEXEC).
             if let closeFrom = Self.closeFrom { _ = closeFrom(&actions, 3) }
+            if let directory, let addChdir = Self.addChdir { _ = addChdir(&actions, directory) }
 
             var attributes = posix_spawnattr_t()
             posix_spawnattr_init(&attributes)
@@ -129,13 +137,17 @@ public final class Subprocess: Sendable {
         startReaper()
     }
 
-    // glibc's pipe2 and posix_spawn_file_actions_addclosefrom_np are only declared with _GNU_SOURCE,
-    // which Swift's Glibc module does not set: look them up at run time.
+    // pipe2 and glibc's *_np spawn file actions are not visible through Swift's Glibc module:
+    // look them up at run time.
     private typealias Pipe2 = @convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Int32
     private typealias CloseFrom = @convention(c) (UnsafeMutableRawPointer, Int32) -> Int32
     private static let pipe2: Pipe2? = dlsym(nil, "pipe2").map { unsafeBitCast($0, to: Pipe2.self) }
     private static let closeFrom: CloseFrom? = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np").map {
         unsafeBitCast($0, to: CloseFrom.self)
+    }
+    private typealias AddChdir = @convention(c) (UnsafeMutableRawPointer, UnsafePointer<CChar>) -> Int32
+    private static let addChdir: AddChdir? = dlsym(nil, "posix_spawn_file_actions_addchdir_np").map {
+        unsafeBitCast($0, to: AddChdir.self)
     }
 
     /// A pipe whose two ends are closed on exec.
@@ -214,8 +226,30 @@ public final class Subprocess: Sendable {
     /// `terminate` without blocking: SIGTERM now, SIGKILL after `grace` seconds if the child still runs.
     public func terminateLater(grace: Double) {
         signal(SIGTERM)
-        DispatchQueue.global().asyncAfter(deadline: .now() + grace) { [self] in signal(SIGKILL) }
+        signal(SIGKILL, ifRunningAfter: grace)
     }
+
+    /// Sends `sig` when the child still runs `seconds` from now. The wait runs on a thread of its own that
+    /// ends with the child, not on a shared pool, where busy work could delay a timeout without bound.
+    /// `timerFired` tells afterwards whether the signal was sent.
+    public func signal(_ sig: Int32, ifRunningAfter seconds: Double) {
+        let state = self.state
+        let target = signalsGroup ? -pid : pid
+        let thread = Thread {
+            guard state.group.wait(timeout: .now() + max(0, seconds)) == .timedOut else { return }
+            state.exit.withLock { e in
+                guard e == nil else { return }
+                state.timerFired.withLock { $0 = true }
+                kill(target, sig)
+            }
+        }
+        thread.name = "haven-child-timer"
+        thread.start()
+    }
+
+    /// Whether a signal from `signal(_:ifRunningAfter:)` was sent. Once the child has ended (`exit` or
+    /// `wait` says so), this is final.
+    public var timerFired: Bool { state.timerFired.withLock { $0 } }
 
     /// Closes the child's stdin (it sees end of input). Later calls do nothing.
     public func closeStdin() {
