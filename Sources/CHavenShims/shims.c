@@ -20,6 +20,13 @@ int haven_o_tmpfile(void) {
     return 0;
 #endif
 }
+int haven_o_direct(void) {
+#ifdef O_DIRECT
+    return O_DIRECT;
+#else
+    return 0;
+#endif
+}
 int haven_fadvise_sequential(int fd) { return posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL); }
 
 int haven_set_parent_death_signal(int sig) {

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import HavenCore
 import HavenTestSupport
+import CHavenShims
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -18,6 +19,32 @@ private func files(under root: String) -> [String] {
         if lstat(root + "/" + rel, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG { out.append(rel) }
     }
     return out.sorted()
+}
+
+/// Whether a file in `dir` can be opened for direct I/O.
+private func directIOWorks(in dir: String) -> Bool {
+    let path = dir + "/.direct-probe"
+    let fd = open(path, O_RDWR | O_CREAT | haven_o_direct(), 0o600)
+    defer { unlink(path) }
+    guard fd >= 0 else { return false }
+    close(fd)
+    return true
+}
+
+/// How many of the file's pages are in the page cache (mincore on a mapping of it).
+private func residentPages(_ path: String) throws -> (cached: Int, total: Int) {
+    let fd = open(path, O_RDONLY)
+    try #require(fd >= 0)
+    defer { close(fd) }
+    var st = stat()
+    try #require(fstat(fd, &st) == 0)
+    let length = Int(st.st_size), page = Int(sysconf(Int32(_SC_PAGESIZE)))
+    let map = mmap(nil, length, PROT_READ, MAP_SHARED, fd, 0)
+    try #require(map != MAP_FAILED)
+    defer { munmap(map, length) }
+    var vector = [UInt8](repeating: 0, count: (length + page - 1) / page)
+    try #require(mincore(map, length, &vector) == 0)
+    return (vector.filter { $0 & 1 != 0 }.count, vector.count)
 }
 
 @Suite("Pack spooling")
@@ -61,6 +88,85 @@ struct PackSpoolTests {
         try spool.link(to: target)
         spool.close()
         #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: target))) == all)
+    }
+
+    @Test("a direct spool holds exactly what was written, across staging and block boundaries, named or unnamed", arguments: [true, false])
+    func directSpoolContent(unnamed: Bool) throws {
+        let dir = TempDir("haven-spool")
+        let spool = try SpoolFile(in: dir.path, unnamed: unnamed, direct: true)
+        #expect(spool.isDirect == directIOWorks(in: dir.path))
+        var all: [UInt8] = []
+        let cap = SpoolFile.stagingCapacity, block = SpoolFile.directAlignment
+        // Writes that fill the staging buffer exactly, overflow it, span several buffers, end on and off
+        // block boundaries, and a run of tiny ones.
+        var sizes = [cap, 1, cap - 1, 3 * cap + 17, block, block - 1, 0, 5 * block + 1]
+        sizes += (0..<200).map { 1 + ($0 * 7919) % 3000 }
+        for (i, n) in sizes.enumerated() {
+            let bytes = SeededRandom.bytes(seed: UInt64(500 + i), n)
+            try spool.write(bytes)
+            all += bytes
+            #expect(spool.size == all.count)
+        }
+        #expect(try spool.id() == ID.hash(all), "the ID covers staged bytes too")
+        #expect(!spool.isDirect, "a finished spool writes through the cache from then on")
+        try spool.write([9, 8, 7])
+        all += [9, 8, 7]
+        #expect(try spool.readAll() == all)
+        let target = dir.sub("named")
+        try spool.link(to: target)
+        spool.close()
+        #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: target))) == all)
+        #expect(files(under: dir.path) == ["named"])
+    }
+
+    @Test("a direct spool's whole blocks reach the disk without filling the page cache")
+    func directSpoolBypassesCache() throws {
+        let dir = TempDir("haven-spool")
+        try #require(directIOWorks(in: dir.path), "this filesystem refuses O_DIRECT; the test needs one that takes it")
+        let bytes = SeededRandom.bytes(seed: 41, 6 * SpoolFile.stagingCapacity + 12_345)
+        for direct in [true, false] {
+            let spool = try SpoolFile(in: dir.path, direct: direct)
+            try spool.write(bytes)
+            let target = dir.sub(direct ? "direct" : "cached")
+            try spool.link(to: target)
+            spool.close()
+            let resident = try residentPages(target)
+            if direct {
+                #expect(resident.cached <= 1, "only the last partial block may go through the cache: \(resident)")
+            } else {
+                #expect(resident.cached == resident.total, "a spool written through the cache stays in it: \(resident)")
+            }
+            #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: target))) == bytes)
+        }
+    }
+
+    @Test("a filesystem that refuses a direct write gets the bytes through the cache instead, none lost or repeated")
+    func directSpoolFallback() throws {
+        let dir = TempDir("haven-spool")
+        try #require(directIOWorks(in: dir.path), "this filesystem refuses O_DIRECT at open; the fallback on write needs one that takes it")
+        // A staging size that is not a whole number of blocks makes the kernel refuse the first direct write.
+        let spool = try SpoolFile(in: dir.path, unnamed: true, direct: true, stagingSize: 1000)
+        #expect(spool.isDirect)
+        let a = SeededRandom.bytes(seed: 42, 700), b = SeededRandom.bytes(seed: 43, 5000)
+        try spool.write(a)
+        #expect(spool.isDirect, "700 bytes fit in the staging buffer: nothing written yet")
+        try spool.write(b)
+        #expect(!spool.isDirect, "the refused write switches the spool to the cache")
+        try spool.write([1])
+        #expect(try spool.readAll() == a + b + [1])
+        #expect(try spool.id() == ID.hash(a + b + [1]))
+    }
+
+    @Test("joining packs copies out of a direct spool into another")
+    func directSpoolAppend() throws {
+        let dir = TempDir("haven-spool")
+        let first = try SpoolFile(in: dir.path, direct: true), second = try SpoolFile(in: dir.path, direct: true)
+        let a = SeededRandom.bytes(seed: 44, SpoolFile.stagingCapacity + 3), b = SeededRandom.bytes(seed: 45, 2 * SpoolFile.stagingCapacity + 5)
+        try first.write(a)
+        try second.write(b)
+        try first.append(contentsOf: second)
+        #expect(try first.readAll() == a + b)
+        #expect(try first.id() == ID.hash(a + b))
     }
 
     @Test("link(to:) names the spool read-only and durable; an existing file of the same name is kept", arguments: [true, false])
@@ -205,7 +311,7 @@ struct PackSpoolTests {
         #expect(seen == expected.count)
     }
 
-    @Test("a backup into a local repository writes its packs through spools: named by their hash, nothing left over")
+    @Test("a backup into a local repository writes its packs through spools: named by their hash, around the page cache, nothing left over")
     func localBackupSpools() async throws {
         let dir = TempDir("haven-spool")
         let src = dir.sub("src")
@@ -224,6 +330,11 @@ struct PackSpoolTests {
         for rel in stored {
             let parts = rel.split(separator: "/")
             try #require(parts.count == 2, "\(rel) is not in a data/xx/ directory")
+            // Checked before reading it below, which brings it into the cache.
+            if directIOWorks(in: root) {
+                let resident = try residentPages(root + "/data/" + rel)
+                #expect(resident.cached <= 1, "\(rel) went through the page cache: \(resident)")
+            }
             let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: root + "/data/" + rel)))
             #expect(ID.hash(bytes).hex == parts[1], "\(rel) is not named by its SHA-256")
             #expect(parts[1].hasPrefix(parts[0]))

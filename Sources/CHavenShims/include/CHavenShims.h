@@ -9,6 +9,8 @@
 int haven_o_noatime(void);
 /// O_TMPFILE (an unnamed file in a directory), or 0 where the system has none.
 int haven_o_tmpfile(void);
+/// O_DIRECT where the system has it, else 0.
+int haven_o_direct(void);
 /// posix_fadvise(POSIX_FADV_SEQUENTIAL) wrapper.
 int haven_fadvise_sequential(int fd);
 /// Asks the kernel to send `sig` to this process when its parent dies (Linux prctl PR_SET_PDEATHSIG).

@@ -111,7 +111,7 @@ public final class BlobWriter: Sendable {
         // into it without holding the lock.
         var pack = state.withLock { $0.idle[type]?.popLast() } ?? OpenPack()
         if pack.spool == nil && !dryRun {
-            do { pack.spool = try SpoolFile(in: repository.storage.spoolDirectory) } catch { throw Self.haven(error) }
+            do { pack.spool = try SpoolFile.forPack(of: repository.storage) } catch { throw Self.haven(error) }
         }
         do { try pack.spool?.write(sealed) } catch {
             // The pack is unusable now; its blobs were never stored.

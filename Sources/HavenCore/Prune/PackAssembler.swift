@@ -42,7 +42,7 @@ final class PackAssembler: Sendable {
             if let open = s.open.removeValue(forKey: blob.type) {
                 pack = open
             } else {
-                do { pack = OpenPack(spool: try SpoolFile(in: repository.storage.spoolDirectory)) } catch { throw BlobWriter.haven(error) }
+                do { pack = OpenPack(spool: try SpoolFile.forPack(of: repository.storage)) } catch { throw BlobWriter.haven(error) }
             }
             var b = blob
             b.offset = UInt32(pack.size)
