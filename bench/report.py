@@ -95,11 +95,14 @@ def main(outdir, results_md):
 
     # (corpus, tool, step) -> list of (wall, cpu, rss) for successful rounds; failures counted separately.
     samples, failures, server, reqs = {}, {}, {}, {}
+    # (corpus, tool, step) -> {round: wall}, for the ratios of each round's pair of runs.
+    walls_by_round = {}
     for row in steps:
         rnd, corpus, tool, step, wall, user, sys_, rss, code = row[:9]
         key = (corpus, tool, step)
         if int(code) in OK_CODES.get(tool, {0}):
             samples.setdefault(key, []).append((float(wall), float(user) + float(sys_), int(rss)))
+            walls_by_round.setdefault(key, {})[rnd] = float(wall)
             if len(row) > 9 and row[9]:
                 server.setdefault(key, []).append(float(row[9]))
             if len(row) > 10 and row[10]:
@@ -316,6 +319,33 @@ def main(outdir, results_md):
         out.append(f"| peak RSS, worst step | ≤ {RSS_TARGET:.2f} | " +
                    " | ".join(fmt_ratio(w, RSS_TARGET) for w in worst) + " |")
         out.append("")
+
+        def round_ratios(corpus, step):
+            h = walls_by_round.get((corpus, "haven", step), {})
+            r = walls_by_round.get((corpus, "restic", step), {})
+            return [h[k] / r[k] for k in sorted(h, key=int) if k in r and r[k] > 0]
+
+        if int(meta.get("rounds", "1") or 1) > 1:
+            out.append("### The same, round by round\n")
+            out.append("Each round runs both tools on a corpus one after the other, so a round's ratio compares runs "
+                       "minutes apart, while the medians above may pair runs from different rounds. On a machine "
+                       "whose speed drifts, the median of these per-round ratios is the steadier figure; cells show "
+                       "that median and, in brackets, each round's ratio.\n")
+            out.append("| metric | target | " + " | ".join(names) + " |")
+            out.append("|---|---|" + "---|" * len(names))
+            for step, label, target in STEPS:
+                if target is None:
+                    continue
+                cells = []
+                for n in names:
+                    rr = round_ratios(n, step)
+                    if not rr:
+                        cells.append("—")
+                        continue
+                    cells.append(fmt_ratio(statistics.median(rr), target) + " [" +
+                                 " ".join(f"{x:.2f}" for x in rr) + "]")
+                out.append(f"| {label} (wall) | ≤ {target:.2f} | " + " | ".join(cells) + " |")
+            out.append("")
 
     index_rows = read_tsv(os.path.join(outdir, "index.tsv"))
     if index_rows:
