@@ -157,6 +157,18 @@ struct PackSpoolTests {
         #expect(try spool.id() == ID.hash(a + b + [1]))
     }
 
+    @Test("a direct spool let go with writes still queued closes itself after them, on another thread than its queue")
+    func directSpoolReleasedWithQueuedWrites() throws {
+        let dir = TempDir("haven-spool")
+        // Each spool queues a few 1 MiB writes and is dropped at once: the last reference then goes away while
+        // the queue may still be writing. Closing waits for the queue, so closing on it would never return.
+        for i in 0..<20 {
+            let spool = try SpoolFile(in: dir.path, unnamed: false, direct: true)
+            try spool.write(SeededRandom.bytes(seed: UInt64(60 + i), 4 * SpoolFile.stagingCapacity + 100))
+        }
+        #expect(files(under: dir.path).isEmpty, "a released spool removes its hidden file")
+    }
+
     @Test("joining packs copies out of a direct spool into another")
     func directSpoolAppend() throws {
         let dir = TempDir("haven-spool")

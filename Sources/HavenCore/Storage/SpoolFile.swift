@@ -57,10 +57,7 @@ public final class SpoolFile: @unchecked Sendable {
     /// Bytes handed to the file in direct mode (written, or queued on `writer`).
     private var fileOffset = 0
     /// Runs direct writes after the first, in order, so compression and encryption go on meanwhile.
-    private var writer: DispatchQueue?
-    private let slots = DispatchSemaphore(value: SpoolFile.maxInFlight)
-    /// The first failure of a queued write, reported by the next write or the finish.
-    private let writeError = Mutex<HavenError?>(nil)
+    private var writer: QueuedWrites?
 
     /// Creates an empty spool file in `directory` (the system's temporary directory when nil). With
     /// `unnamed` false, or where the filesystem has no unnamed files, it is a hidden named file. With
@@ -179,31 +176,14 @@ public final class SpoolFile: @unchecked Sendable {
         guard let writer else {
             defer { StagingPool.give(full) }
             try Self.write(fd, UnsafeRawBufferPointer(rebasing: full[..<count]), at: offset, path: pathForMessages)
-            writer = DispatchQueue(label: "haven.spool")
+            writer = QueuedWrites()
             return
         }
-        slots.wait()
-        if let error = writeError.withLock({ $0 }) {
-            slots.signal()
-            StagingPool.give(full)
-            throw error
-        }
-        let address = UInt(bitPattern: full.baseAddress!), capacity = full.count
-        writer.async { [self] in
-            let buffer = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: address), count: capacity)
-            do {
-                try Self.write(fd, UnsafeRawBufferPointer(rebasing: buffer[..<count]), at: offset, path: pathForMessages)
-            } catch {
-                let failure = (error as? HavenError) ?? HavenError(.io, "\(error)")
-                writeError.withLock { if $0 == nil { $0 = failure } }
-            }
-            StagingPool.give(buffer)
-            slots.signal()
-        }
+        try writer.enqueue(full, count: count, fd: fd, at: offset, path: pathForMessages)
     }
 
     /// Waits for the queued direct writes.
-    private func drain() { writer?.sync {} }
+    private func drain() { writer?.drain() }
 
     /// Writes all of `bytes` at `offset`. A filesystem that refuses a direct write (EINVAL: no direct
     /// I/O there, or a block size larger than `directAlignment`) gets it, and everything after it,
@@ -234,7 +214,7 @@ public final class SpoolFile: @unchecked Sendable {
         guard directMode else { return }
         directMode = false
         drain()
-        if let error = writeError.withLock({ $0 }) { throw error }
+        if let error = writer?.failure { throw error }
         if let staging {
             defer {
                 StagingPool.give(staging)
@@ -336,6 +316,44 @@ public final class SpoolFile: @unchecked Sendable {
         if let visible = visiblePath { unlink(visible) }
         _ = Glibc.close(fd)
     }
+}
+
+/// A spool's direct writes after the first: run in order on a queue of their own, at most
+/// `SpoolFile.maxInFlight` at once. The closures hold this object, not the spool, so a spool is never
+/// released (and closed, which waits for its writes) on the queue itself.
+final class QueuedWrites: Sendable {
+    private let queue = DispatchQueue(label: "haven.spool")
+    private let slots = DispatchSemaphore(value: SpoolFile.maxInFlight)
+    private let error = Mutex<HavenError?>(nil)
+
+    /// The first failure of a queued write.
+    var failure: HavenError? { error.withLock { $0 } }
+
+    /// Queues a write of `buffer[..<count]` at `offset`; the buffer goes back to `StagingPool` after it.
+    /// Waits while `maxInFlight` writes are queued; throws an earlier write's failure instead of queueing.
+    func enqueue(_ buffer: UnsafeMutableRawBufferPointer, count: Int, fd: Int32, at offset: Int, path: String) throws {
+        slots.wait()
+        if let failure {
+            slots.signal()
+            StagingPool.give(buffer)
+            throw failure
+        }
+        let address = UInt(bitPattern: buffer.baseAddress!), capacity = buffer.count
+        queue.async { [self] in
+            let buffer = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: address), count: capacity)
+            do {
+                try SpoolFile.write(fd, UnsafeRawBufferPointer(rebasing: buffer[..<count]), at: offset, path: path)
+            } catch {
+                let failure = (error as? HavenError) ?? HavenError(.io, "\(error)")
+                self.error.withLock { if $0 == nil { $0 = failure } }
+            }
+            StagingPool.give(buffer)
+            slots.signal()
+        }
+    }
+
+    /// Returns once every queued write has ended.
+    func drain() { queue.sync {} }
 }
 
 /// Staging buffers of direct spools, kept for the next spool: a new buffer's pages would each be faulted
