@@ -190,7 +190,8 @@ def main(outdir, results_md):
     out.append(f"- Mode: {meta.get('mode', '?')}; rounds: {meta.get('rounds', '?')} (median shown); "
                f"corpora: {meta.get('corpora', '?')}; total run time {meta.get('elapsed', '?')}")
     out.append("- Page cache warm: each tool gets a fresh copy of the corpus at the same path, read once before its "
-               "first backup (and again after the change to the next version).")
+               "first backup (and again after the change to the next version); each repository is read once before "
+               "its restore (untimed), since Haven writes packs around the page cache and restic's stay in it.")
     out.append("- Each step starts after an untimed `sync`, so writeback of what the previous step wrote is not charged to it.")
     out.append("- Order: each round runs the tools in turn on a corpus, starting with the next tool each round, so that "
                "what one run leaves behind (freed inodes, the filesystem's state) does not always fall on the same tool.")
