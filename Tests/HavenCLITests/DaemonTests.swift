@@ -462,7 +462,12 @@ struct DaemonTests {
         server.standardOutput = FileHandle.nullDevice
         server.standardError = FileHandle.nullDevice
         try server.run()
-        defer { server.terminate() }
+        defer {
+            // SIGKILL: Foundation's Process starts the child with this thread's signal mask, in which SIGTERM
+            // is blocked, so terminate() left the server running after the test.
+            kill(server.processIdentifier, SIGKILL)
+            server.waitUntilExit()
+        }
         let closed = try freePort()
         let mark = s.tmp.sub("tried-once")
         try s.writeConfig(backups: """
