@@ -84,22 +84,79 @@ HW static inline __m128i counter_block(uint64_t hi, uint64_t lo) {
     return _mm_set_epi64x((long long)__builtin_bswap64(lo), (long long)__builtin_bswap64(hi));
 }
 
-HW void haven_aes256_ctr(const uint8_t *schedule, const uint8_t *iv, const uint8_t *in, uint8_t *out, size_t length) {
+// Whether the CPU has the 512-bit AES instructions (VAES with AVX-512F and BW) and the OS saves the
+// 512-bit registers (XCR0 bits 1, 2, 5, 6, 7).
+static int vaes_available(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || (c & bit_OSXSAVE) == 0) return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    if ((b & bit_AVX512F) == 0 || (b & bit_AVX512BW) == 0 || (c & bit_VAES) == 0) return 0;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 0xe6) == 0xe6;
+}
+
+int haven_aes_vaes_available(void) {
+    static int cached = -1;  // a benign race: every thread computes the same value
+    if (cached < 0) cached = vaes_available();
+    return cached;
+}
+
+// The counter is one 128-bit big-endian integer (hi, lo), incremented per block and wrapping at 2^128.
+#define NEXT(hi, lo) do { if (++(lo) == 0) (hi)++; } while (0)
+
+#define VAES __attribute__((target("vaes,avx512f,avx512bw,aes,ssse3")))
+
+// CTR over whole groups of 16 blocks, four in each 512-bit register, while no group makes the low 64
+// bits of the counter wrap (the caller's 128-bit loop takes that block). Advances *done and the counter.
+VAES static void ctr_vaes(const uint8_t *schedule, uint64_t *hi, uint64_t *lo, const uint8_t *in, uint8_t *out,
+                          size_t length, size_t *done) {
+    __m512i rk[15];
+    for (int r = 0; r < 15; r++) rk[r] = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)schedule + r));
+    // Each 128-bit lane holds a counter as (lo, hi) little-endian words; reversing its 16 bytes gives
+    // the big-endian counter block.
+    const __m512i reverse = _mm512_broadcast_i32x4(_mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    const __m512i four = _mm512_set_epi64(0, 4, 0, 4, 0, 4, 0, 4);
+    uint64_t h = *hi, l = *lo;
+    size_t d = *done;
+    while (length - d >= 256 && l <= UINT64_MAX - 16) {
+        __m512i c = _mm512_set_epi64((long long)h, (long long)(l + 3), (long long)h, (long long)(l + 2),
+                                     (long long)h, (long long)(l + 1), (long long)h, (long long)l);
+        __m512i x[4];
+        for (int i = 0; i < 4; i++) {
+            x[i] = _mm512_xor_si512(_mm512_shuffle_epi8(c, reverse), rk[0]);
+            c = _mm512_add_epi64(c, four);
+        }
+        for (int r = 1; r < 14; r++) {
+            for (int i = 0; i < 4; i++) x[i] = _mm512_aesenc_epi128(x[i], rk[r]);
+        }
+        for (int i = 0; i < 4; i++) {
+            x[i] = _mm512_aesenclast_epi128(x[i], rk[14]);
+            __m512i p = _mm512_loadu_si512((const void *)(in + d + 64 * i));
+            _mm512_storeu_si512((void *)(out + d + 64 * i), _mm512_xor_si512(p, x[i]));
+        }
+        l += 16;
+        d += 256;
+    }
+    *hi = h;
+    *lo = l;
+    *done = d;
+}
+
+// CTR with the 128-bit instructions from block *done on, eight blocks at a time, then one.
+HW static void ctr_ni(const uint8_t *schedule, uint64_t hi, uint64_t lo, const uint8_t *in, uint8_t *out,
+                      size_t length, size_t done, int wide) {
     __m128i rk[15];
     for (int r = 0; r < 15; r++) rk[r] = _mm_loadu_si128((const __m128i *)schedule + r);
-    uint64_t hi, lo;
-    memcpy(&hi, iv, 8);
-    memcpy(&lo, iv + 8, 8);
-    hi = __builtin_bswap64(hi);
-    lo = __builtin_bswap64(lo);
-    // The counter is one 128-bit big-endian integer, incremented per block and wrapping at 2^128.
-#define NEXT() do { if (++lo == 0) hi++; } while (0)
-    size_t done = 0;
     while (length - done >= 128) {
+        if (wide && length - done >= 256) {
+            ctr_vaes(schedule, &hi, &lo, in, out, length, &done);
+            if (length - done < 128) break;
+        }
         __m128i x[8];
         for (int i = 0; i < 8; i++) {
             x[i] = _mm_xor_si128(counter_block(hi, lo), rk[0]);
-            NEXT();
+            NEXT(hi, lo);
         }
         for (int r = 1; r < 14; r++) {
             for (int i = 0; i < 8; i++) x[i] = _mm_aesenc_si128(x[i], rk[r]);
@@ -113,7 +170,7 @@ HW void haven_aes256_ctr(const uint8_t *schedule, const uint8_t *iv, const uint8
     }
     while (done < length) {
         __m128i x = _mm_xor_si128(counter_block(hi, lo), rk[0]);
-        NEXT();
+        NEXT(hi, lo);
         for (int r = 1; r < 14; r++) x = _mm_aesenc_si128(x, rk[r]);
         x = _mm_aesenclast_si128(x, rk[14]);
         size_t n = length - done < 16 ? length - done : 16;
@@ -126,8 +183,21 @@ HW void haven_aes256_ctr(const uint8_t *schedule, const uint8_t *iv, const uint8
         }
         done += n;
     }
-#undef NEXT
 }
+
+void haven_aes256_ctr_engine(const uint8_t *schedule, const uint8_t *iv, const uint8_t *in, uint8_t *out, size_t length,
+                             int wide) {
+    uint64_t hi, lo;
+    memcpy(&hi, iv, 8);
+    memcpy(&lo, iv + 8, 8);
+    ctr_ni(schedule, __builtin_bswap64(hi), __builtin_bswap64(lo), in, out, length, 0, wide && haven_aes_vaes_available());
+}
+
+void haven_aes256_ctr(const uint8_t *schedule, const uint8_t *iv, const uint8_t *in, uint8_t *out, size_t length) {
+    haven_aes256_ctr_engine(schedule, iv, in, out, length, 1);
+}
+
+#undef NEXT
 
 #else
 
@@ -136,6 +206,11 @@ void haven_aes128_expand(const uint8_t *key, uint8_t *schedule) { (void)key; (vo
 void haven_aes256_expand(const uint8_t *key, uint8_t *schedule) { (void)key; (void)schedule; __builtin_trap(); }
 void haven_aes128_encrypt_block(const uint8_t *schedule, const uint8_t *in, uint8_t *out) {
     (void)schedule; (void)in; (void)out; __builtin_trap();
+}
+int haven_aes_vaes_available(void) { return 0; }
+void haven_aes256_ctr_engine(const uint8_t *schedule, const uint8_t *iv, const uint8_t *in, uint8_t *out, size_t length,
+                             int wide) {
+    (void)schedule; (void)iv; (void)in; (void)out; (void)length; (void)wide; __builtin_trap();
 }
 void haven_aes256_ctr(const uint8_t *schedule, const uint8_t *iv, const uint8_t *in, uint8_t *out, size_t length) {
     (void)schedule; (void)iv; (void)in; (void)out; (void)length; __builtin_trap();
