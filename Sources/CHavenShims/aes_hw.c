@@ -84,22 +84,10 @@ HW static inline __m128i counter_block(uint64_t hi, uint64_t lo) {
     return _mm_set_epi64x((long long)__builtin_bswap64(lo), (long long)__builtin_bswap64(hi));
 }
 
-// Whether the CPU has the 512-bit AES instructions (VAES with AVX-512F and BW) and the OS saves the
-// 512-bit registers (XCR0 bits 1, 2, 5, 6, 7).
-static int vaes_available(void) {
-    unsigned a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d) || (c & bit_OSXSAVE) == 0) return 0;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-    if ((b & bit_AVX512F) == 0 || (b & bit_AVX512BW) == 0 || (c & bit_VAES) == 0) return 0;
-    unsigned lo, hi;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    return (lo & 0xe6) == 0xe6;
-}
-
+// The 512-bit AES instructions (VAES with AVX-512F and BW); the runtime's CPU check also requires the OS
+// to save the 512-bit state, and reads flags filled in at start-up, so it is cheap on every call.
 int haven_aes_vaes_available(void) {
-    static int cached = -1;  // a benign race: every thread computes the same value
-    if (cached < 0) cached = vaes_available();
-    return cached;
+    return __builtin_cpu_supports("vaes") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") ? 1 : 0;
 }
 
 // The counter is one 128-bit big-endian integer (hi, lo), incremented per block and wrapping at 2^128.
