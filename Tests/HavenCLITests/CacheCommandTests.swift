@@ -33,7 +33,7 @@ struct CacheCommandTests {
         #expect(!cachedPacks.isEmpty)
         for p in cachedPacks {
             // Byte for byte the repository's (encrypted) pack.
-            #expect(FileManager.default.contents(atPath: dir + "/data/" + p) == FileManager.default.contents(atPath: repo + "/data/" + p))
+            expectFileBytes(dir + "/data/" + p, try #require(FileManager.default.contents(atPath: repo + "/data/" + p)))
         }
 
         // The second run reads through the cache; a forgotten snapshot leaves it on the next listing.

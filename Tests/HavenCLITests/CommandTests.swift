@@ -160,7 +160,7 @@ struct CommandTests {
         #expect(ls.stdout.contains("/dump.sql"))
         let target = s.tmp.sub("out")
         try await s.cli.ok(["-r", s.repo, "restore", "latest", "--target", target])
-        #expect(FileManager.default.contents(atPath: target + "/dump.sql") == payload)
+        expectSameBytes(FileManager.default.contents(atPath: target + "/dump.sql"), payload)
     }
 
     @Test("restore --include/--exclude, SNAPSHOT:SUBPATH, --verify, --dry-run and overwrite policies")

@@ -164,7 +164,7 @@ struct InspectCommandsTests {
         let r = try await f.ok(["cat", "blob", blob])
         #expect(r.stdoutData == Data("hello\n".utf8))
         let c = try await f.ok(["cat", "blob", try await f.contentID(of: "sub/deep/c.dat")])
-        #expect(c.stdoutData == Data(f.cBytes))
+        expectSameBytes(c.stdoutData, Data(f.cBytes))
 
         let tree = try await f.jsonObject(["cat", "tree", "latest:" + f.src + "/sub"])
         let names = (tree["nodes"] as? [[String: Any]])?.compactMap { $0["name"] as? String }

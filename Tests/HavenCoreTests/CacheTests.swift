@@ -119,7 +119,7 @@ struct CacheTests {
         #expect(tag.hasPrefix(RepositoryCache.tagSignature + "\n"))
         // Stored exactly as in the repository: encrypted, byte for byte.
         let cached = try #require(FileManager.default.contents(atPath: f.cachedPackPath(repo)))
-        #expect(Array(cached) == (try await f.fx.storage.load(Handle(.pack, f.treePack))))
+        try await expectSameBytes(Array(cached), f.fx.storage.load(Handle(.pack, f.treePack)))
 
         f.counting.reset()
         let second = try await f.open()
@@ -165,7 +165,7 @@ struct CacheTests {
         let second = try await f.open()
         #expect(try await CacheFixture.walk(second, f.root) == f.dirs + 1)
         #expect(f.counting["pack"] == 1)
-        #expect(Array(try #require(FileManager.default.contents(atPath: path))) == (try await f.fx.storage.load(Handle(.pack, f.treePack))))
+        try await expectSameBytes(FileManager.default.contents(atPath: path), f.fx.storage.load(Handle(.pack, f.treePack)))
 
         // A truncated cached pack is no better.
         try Data(bytes.prefix(10)).write(to: URL(fileURLWithPath: path))
@@ -231,7 +231,7 @@ struct CacheTests {
         let second = try await f.open()
         #expect(f.counting["index"] == 1)
         #expect(try await CacheFixture.walk(second, f.root) == f.dirs + 1)
-        #expect(Array(try #require(FileManager.default.contents(atPath: path))) == (try await f.fx.storage.load(Handle(.index, indexID))))
+        try await expectSameBytes(FileManager.default.contents(atPath: path), f.fx.storage.load(Handle(.index, indexID)))
     }
 
     @Test("without a cache, every tree is one range read and nothing is written")

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import HavenCore
+import HavenTestSupport
 import Crypto
 import _CryptoExtras
 import HavenKDF
@@ -371,12 +372,6 @@ extension CryptoTests {
     struct AESHardwareTests {
         static let nistKey = hex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
 
-        /// The first offset where `a` and `b` differ (or the shorter length when one is a prefix), nil when equal.
-        func firstDifference(_ a: [UInt8], _ b: [UInt8]) -> Int? {
-            for i in 0..<min(a.count, b.count) where a[i] != b[i] { return i }
-            return a.count == b.count ? nil : min(a.count, b.count)
-        }
-
         static func ctr(_ keys: AESHardwareKeys, iv: [UInt8], _ input: [UInt8], wide: Bool = true) -> [UInt8] {
             var out = [UInt8](repeating: 0, count: input.count)
             iv.withUnsafeBytes { ivp in
@@ -417,16 +412,13 @@ extension CryptoTests {
                 let lengths = [0, 1, 15, 16, 17, 127, 128, 129, 255, 256, 257, 383, 384, 511, 512, 1000, 4096 + 3, 70_000]
                 let input = rng.bytes(lengths[round % lengths.count])
                 let expected = AESPrimitives.ctr(key: key, iv: iv, input: input)
-                // Compared as the first differing offset: a failed #expect on two long arrays would diff them
-                // element by element, which takes minutes.
-                #expect(firstDifference(Self.ctr(keys, iv: iv, input), expected) == nil, "length \(input.count)")
-                #expect(firstDifference(Self.ctr(keys, iv: iv, input, wide: false), expected) == nil,
-                        "128-bit path, length \(input.count)")
+                expectSameBytes(Self.ctr(keys, iv: iv, input), expected, "length \(input.count)")
+                expectSameBytes(Self.ctr(keys, iv: iv, input, wide: false), expected, "128-bit path, length \(input.count)")
                 var inPlace = input
                 iv.withUnsafeBytes { ivp in
                     inPlace.withUnsafeMutableBytes { buf in keys.ctr(iv: ivp, input: UnsafeRawBufferPointer(buf), output: buf) }
                 }
-                #expect(firstDifference(inPlace, expected) == nil, "in place, length \(input.count)")
+                expectSameBytes(inPlace, expected, "in place, length \(input.count)")
                 let nonce = rng.bytes(16)
                 var s = [UInt8](repeating: 0, count: 16)
                 nonce.withUnsafeBytes { n in s.withUnsafeMutableBytes { keys.encryptMACBlock(n, into: $0) } }
@@ -472,7 +464,7 @@ extension CryptoTests {
                 let iv = Array(sealed.prefix(16))
                 #expect(seen.insert(iv).inserted, "IV repeated")
                 for b in iv { byteCounts[Int(b)] += 1 }
-                #expect(try key.open(sealed) == message)
+                try expectSameBytes(key.open(sealed), message)
             }
             // 16,000 bytes over 256 values: a stuck or zeroed source would pile onto a few values.
             #expect(byteCounts.max()! < 140 && byteCounts.min()! > 20, "\(byteCounts)")
@@ -495,7 +487,7 @@ extension CryptoTests {
             let plaintext = rng.bytes(size)
             let sealed = key.seal(plaintext)
             #expect(sealed.count == size + MasterKey.overhead)
-            #expect(try key.open(sealed) == plaintext)
+            try expectSameBytes(key.open(sealed), plaintext)
             let again = key.seal(plaintext)
             #expect(again.prefix(16) != sealed.prefix(16), "a fresh IV each time")
             if size >= 16 { #expect(Array(sealed[16..<(16 + size)]) != plaintext, "ciphertext differs from plaintext") }
@@ -509,10 +501,10 @@ extension CryptoTests {
             let plaintext = rng.bytes(1000)
             var sealed = [UInt8](repeating: 0, count: plaintext.count + MasterKey.overhead)
             plaintext.withUnsafeBytes { p in sealed.withUnsafeMutableBytes { key.seal(p, into: $0) } }
-            #expect(try key.open(sealed) == plaintext)
+            try expectSameBytes(key.open(sealed), plaintext)
             var opened = [UInt8](repeating: 0xee, count: plaintext.count)
             try sealed.withUnsafeBytes { s in try opened.withUnsafeMutableBytes { try key.open(s, into: $0) } }
-            #expect(opened == plaintext)
+            expectSameBytes(opened, plaintext)
             // A damaged input throws before anything is written.
             sealed[40] ^= 4
             var untouched = [UInt8](repeating: 0xee, count: plaintext.count)

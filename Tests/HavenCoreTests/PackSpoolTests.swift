@@ -31,6 +31,19 @@ private func directIOWorks(in dir: String) -> Bool {
     return true
 }
 
+
+/// Writes seeded random runs of the given sizes to `spool`, checking its size after each, and returns all
+/// the bytes written, in order.
+private func writeAll(_ spool: SpoolFile, _ sizes: [Int], seed: UInt64) throws -> [UInt8] {
+    var all: [UInt8] = []
+    for (i, n) in sizes.enumerated() {
+        let bytes = SeededRandom.bytes(seed: seed + UInt64(i), n)
+        try spool.write(bytes)
+        all += bytes
+        #expect(spool.size == all.count)
+    }
+    return all
+}
 /// How many of the file's pages are in the page cache (mincore on a mapping of it).
 private func residentPages(_ path: String) throws -> (cached: Int, total: Int) {
     let fd = open(path, O_RDONLY)
@@ -59,7 +72,7 @@ struct PackSpoolTests {
         try spool.write(b)
         #expect(spool.size == a.count + b.count)
         #expect(try spool.id() == ID.hash(a + b))
-        #expect(try spool.readAll() == a + b)
+        try expectSameBytes(spool.readAll(), a + b)
         spool.close()
         #expect(files(under: dir.path).isEmpty, "a closed spool that was never named must leave nothing behind")
     }
@@ -68,26 +81,20 @@ struct PackSpoolTests {
     func spoolBuffersSmallWrites() throws {
         let dir = TempDir("haven-spool")
         let spool = try SpoolFile(in: dir.path)
-        var all: [UInt8] = []
         // Sizes around the buffer's capacity: many tiny writes, one that just fits, one that just does not,
         // one as large as the buffer (written through), and tiny ones again.
         let cap = SpoolFile.bufferCapacity
         var sizes = Array(repeating: 37, count: 500) + [cap - 500 * 37, 1, cap - 1, cap, 3, cap + 5]
         sizes += (0..<300).map { 1 + ($0 * 7919) % 2000 }
-        for (i, n) in sizes.enumerated() {
-            let bytes = SeededRandom.bytes(seed: UInt64(100 + i), n)
-            try spool.write(bytes)
-            all += bytes
-            #expect(spool.size == all.count)
-        }
-        #expect(try spool.readAll() == all, "reading flushes the buffer first")
+        var all = try writeAll(spool, sizes, seed: 100)
+        try expectSameBytes(spool.readAll(), all, "reading flushes the buffer first")
         try spool.write([1, 2, 3])
         all += [1, 2, 3]
         #expect(try spool.id() == ID.hash(all), "the ID covers the bytes still buffered")
         let target = dir.sub("named")
         try spool.link(to: target)
         spool.close()
-        #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: target))) == all)
+        expectFileBytes(target, all)
     }
 
     @Test("a direct spool holds exactly what was written, across staging and block boundaries, named or unnamed", arguments: [true, false])
@@ -95,27 +102,21 @@ struct PackSpoolTests {
         let dir = TempDir("haven-spool")
         let spool = try SpoolFile(in: dir.path, unnamed: unnamed, direct: true)
         #expect(spool.isDirect == directIOWorks(in: dir.path))
-        var all: [UInt8] = []
         let cap = SpoolFile.stagingCapacity, block = SpoolFile.directAlignment
         // Writes that fill the staging buffer exactly, overflow it, span several buffers, end on and off
         // block boundaries, and a run of tiny ones.
         var sizes = [cap, 1, cap - 1, 3 * cap + 17, block, block - 1, 0, 5 * block + 1]
         sizes += (0..<200).map { 1 + ($0 * 7919) % 3000 }
-        for (i, n) in sizes.enumerated() {
-            let bytes = SeededRandom.bytes(seed: UInt64(500 + i), n)
-            try spool.write(bytes)
-            all += bytes
-            #expect(spool.size == all.count)
-        }
+        var all = try writeAll(spool, sizes, seed: 500)
         #expect(try spool.id() == ID.hash(all), "the ID covers staged bytes too")
         #expect(!spool.isDirect, "a finished spool writes through the cache from then on")
         try spool.write([9, 8, 7])
         all += [9, 8, 7]
-        #expect(try spool.readAll() == all)
+        try expectSameBytes(spool.readAll(), all)
         let target = dir.sub("named")
         try spool.link(to: target)
         spool.close()
-        #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: target))) == all)
+        expectFileBytes(target, all)
         #expect(files(under: dir.path) == ["named"])
     }
 
@@ -136,7 +137,7 @@ struct PackSpoolTests {
             } else {
                 #expect(resident.cached == resident.total, "a spool written through the cache stays in it: \(resident)")
             }
-            #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: target))) == bytes)
+            expectFileBytes(target, bytes)
         }
     }
 
@@ -153,7 +154,7 @@ struct PackSpoolTests {
         try spool.write(b)
         #expect(!spool.isDirect, "the refused write switches the spool to the cache")
         try spool.write([1])
-        #expect(try spool.readAll() == a + b + [1])
+        try expectSameBytes(spool.readAll(), a + b + [1])
         #expect(try spool.id() == ID.hash(a + b + [1]))
     }
 
@@ -177,7 +178,7 @@ struct PackSpoolTests {
         try first.write(a)
         try second.write(b)
         try first.append(contentsOf: second)
-        #expect(try first.readAll() == a + b)
+        try expectSameBytes(first.readAll(), a + b)
         #expect(try first.id() == ID.hash(a + b))
     }
 
@@ -232,7 +233,7 @@ struct PackSpoolTests {
 
         let fresh = try await Repository.open(storage: storage, password: "pw")
         try await fresh.loadIndex()
-        for b in blobs { #expect(try await fresh.loadBlob(ID.hash(b), .data) == b) }
+        for b in blobs { try await expectSameBytes(fresh.loadBlob(ID.hash(b), .data), b) }
 
         // Every pack's header describes exactly its bytes, and the packs left under the target size could
         // not have been joined: any two of them together exceed it.
@@ -280,7 +281,7 @@ struct PackSpoolTests {
         #expect(try stored(mixed).uncompressedLength == UInt32(mib), "a blob with a compressible sample is compressed")
         let reopened = try await Repository.open(storage: LocalStorage(path: dir.sub("repo")), password: "pw")
         try await reopened.loadIndex()
-        for blob in [random, text, mixed] { #expect(try await reopened.loadBlob(ID.hash(blob), .data) == blob) }
+        for blob in [random, text, mixed] { try await expectSameBytes(reopened.loadBlob(ID.hash(blob), .data), blob) }
     }
 
     @Test("joining partly filled packs: fewest packs within the target size, each blob's bytes at its new offset")
@@ -315,7 +316,7 @@ struct PackSpoolTests {
             let content = try pack.spool!.readAll()
             #expect(content.count == pack.size)
             for b in pack.blobs {
-                #expect(Array(content[Int(b.offset)..<Int(b.offset + b.length)]) == expected[b.id], "blob \(b.id.short) at its offset")
+                expectSameBytes(content[Int(b.offset)..<Int(b.offset + b.length)], try #require(expected[b.id]), "blob \(b.id.short) at its offset")
                 seen += 1
             }
             pack.spool!.close()
@@ -368,7 +369,7 @@ struct PackSpoolTests {
             var content: [UInt8] = []
             for id in node.content { content += try await reopened.loadBlob(id, .data) }
             let i = Int(String(decoding: node.name.dropFirst(), as: UTF8.self))!
-            #expect(content == SeededRandom.bytes(seed: UInt64(i), 20_000 + i * 997))
+            expectSameBytes(content, SeededRandom.bytes(seed: UInt64(i), 20_000 + i * 997))
         }
     }
 

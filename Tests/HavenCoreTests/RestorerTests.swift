@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import HavenCore
+import HavenTestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -247,13 +248,13 @@ private func hasIssue(_ issues: [RestoreIssue], _ path: String) -> Bool { hasIss
         #expect(last.bytesDone == last.bytesTotal && last.bytesTotal == plan.totalBytes)
 
         let out = target + "/out"
-        #expect(readFile(join(out, "dir1/big.bin")) == bigContent)
+        expectSameBytes(readFile(join(out, "dir1/big.bin")), bigContent)
         #expect(readFile(join(out, "dir1/empty.txt")) == [])
-        #expect(readFile(join(out, "dir1/secret")) == b)
-        #expect(readFile(join(out, "dir1/sub/deep.txt")) == deep)
-        #expect(readFile(join(out, "hard1")) == small)
-        #expect(readFile(join(out, bytes("") + odd)) == small)
-        #expect(readFile(join(out, "xattr.txt")) == c)
+        expectSameBytes(readFile(join(out, "dir1/secret")), b)
+        expectSameBytes(readFile(join(out, "dir1/sub/deep.txt")), deep)
+        expectSameBytes(readFile(join(out, "hard1")), small)
+        expectSameBytes(readFile(join(out, bytes("") + odd)), small)
+        expectSameBytes(readFile(join(out, "xattr.txt")), c)
 
         // Sparse: the zero megabyte is a hole.
         let big = try #require(lstatPath(join(out, "dir1/big.bin")))
@@ -421,7 +422,7 @@ private func hasIssue(_ issues: [RestoreIssue], _ path: String) -> Bool { hasIss
         #expect(result.errors.isEmpty, "\(result.errors)")
         #expect(result.filesRestored == 20)
         for (name, content) in expected {
-            #expect(readFile(join(target, "files/" + name)) == content, "\(name)")
+            expectSameBytes(readFile(join(target, "files/" + name)), content, "\(name)")
         }
     }
 
@@ -468,7 +469,7 @@ private func hasIssue(_ issues: [RestoreIssue], _ path: String) -> Bool { hasIss
         #expect(result.filesRestored == 399)
         #expect(result.hardLinksRestored == 1 && result.symlinksRestored == 20)
         for (name, data) in expected where name != "d05/f07" && name != "d02/f11" {
-            #expect(readFile(join(target, name)) == data, "\(name)")
+            expectSameBytes(readFile(join(target, name)), data, "\(name)")
         }
         let a = try #require(lstatPath(join(target, "d00/link-a"))), b = try #require(lstatPath(join(target, "d19/link-b")))
         #expect(a.st_ino == b.st_ino && a.st_nlink == 2)
@@ -874,7 +875,7 @@ private func hasIssue(_ issues: [RestoreIssue], _ path: String) -> Bool { hasIss
         #expect(r.errors.map(\.path) == [bytes("f11")])
         #expect(r.errors.first?.message.contains("does not match its ID") == true)
         #expect(r.filesRestored == 19)
-        for (name, data) in expected { #expect(readFile(join(target, name)) == data, "\(name)") }
+        for (name, data) in expected { expectSameBytes(readFile(join(target, name)), data, "\(name)") }
     }
 
     @Test("openBlobs hands out every blob once, in order; damage in a pair, alone or past the stretch costs only its blob")
@@ -913,7 +914,7 @@ private func hasIssue(_ issues: [RestoreIssue], _ path: String) -> Bool { hasIss
             fx.repo.openBlobs(blobs, in: bytes, at: base, pack: locs[0].pack) { i, result in
                 seen.append(i)
                 switch result {
-                case .success(let plain): #expect(plain == data[i], "blob \(i)")
+                case .success(let plain): expectSameBytes(plain, data[i], "blob \(i)")
                 case .failure(let e): failed[i] = e.message
                 }
             }
@@ -944,7 +945,7 @@ private func hasIssue(_ issues: [RestoreIssue], _ path: String) -> Bool { hasIss
         #expect(r.errors.first?.path == bytes("bad.bin"))
         #expect(r.errors.first?.message.contains("damaged") == true)
         #expect(r.filesRestored == 1)
-        #expect(readFile(join(target, "good.bin")) == b)
+        expectSameBytes(readFile(join(target, "good.bin")), b)
     }
 
     @Test func missingPackFailsItsFiles() async throws {

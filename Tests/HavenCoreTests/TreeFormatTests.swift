@@ -98,7 +98,7 @@ struct TreeFormatTests {
         #expect(d.extendedAttributes == node.extendedAttributes)
         #expect(d.error == node.error)
         // The encoding is canonical: re-encoding gives the same bytes, hence the same tree ID.
-        #expect(decoded.encoded() == bytes)
+        expectSameBytes(decoded.encoded(), bytes)
         #expect(bytes.last == 0x0a)
         #expect(String(validating: bytes, as: UTF8.self) != nil)
     }

@@ -161,7 +161,7 @@ struct S3StorageTests {
         let restore = try await Run.process(restic, ["-r", url, "--no-cache", "restore", id.hex, "--target", target.path], environment: env, timeout: 300)
         #expect(restore.status == 0, "\(restore)")
         let restored = target.path + source.path
-        #expect(FileManager.default.contents(atPath: restored + "/dir/random.bin") == FileManager.default.contents(atPath: source.sub("dir/random.bin")))
+        expectFileBytes(restored + "/dir/random.bin", try #require(FileManager.default.contents(atPath: source.sub("dir/random.bin"))))
         #expect(FileManager.default.contents(atPath: restored + "/small.txt") == Data("hello S3\n".utf8))
     }
 }
