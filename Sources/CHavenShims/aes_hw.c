@@ -173,16 +173,12 @@ HW static void ctr_ni(const uint8_t *schedule, uint64_t hi, uint64_t lo, const u
     }
 }
 
-void haven_aes256_ctr_engine(const uint8_t *schedule, const uint8_t *iv, const uint8_t *in, uint8_t *out, size_t length,
-                             int wide) {
+void haven_aes256_ctr(const uint8_t *schedule, const uint8_t *iv, const uint8_t *in, uint8_t *out, size_t length,
+                      int wide) {
     uint64_t hi, lo;
     memcpy(&hi, iv, 8);
     memcpy(&lo, iv + 8, 8);
     ctr_ni(schedule, __builtin_bswap64(hi), __builtin_bswap64(lo), in, out, length, 0, wide && haven_aes_vaes_available());
-}
-
-void haven_aes256_ctr(const uint8_t *schedule, const uint8_t *iv, const uint8_t *in, uint8_t *out, size_t length) {
-    haven_aes256_ctr_engine(schedule, iv, in, out, length, 1);
 }
 
 #undef NEXT
@@ -196,12 +192,9 @@ void haven_aes128_encrypt_block(const uint8_t *schedule, const uint8_t *in, uint
     (void)schedule; (void)in; (void)out; __builtin_trap();
 }
 int haven_aes_vaes_available(void) { return 0; }
-void haven_aes256_ctr_engine(const uint8_t *schedule, const uint8_t *iv, const uint8_t *in, uint8_t *out, size_t length,
-                             int wide) {
+void haven_aes256_ctr(const uint8_t *schedule, const uint8_t *iv, const uint8_t *in, uint8_t *out, size_t length,
+                      int wide) {
     (void)schedule; (void)iv; (void)in; (void)out; (void)length; (void)wide; __builtin_trap();
-}
-void haven_aes256_ctr(const uint8_t *schedule, const uint8_t *iv, const uint8_t *in, uint8_t *out, size_t length) {
-    (void)schedule; (void)iv; (void)in; (void)out; (void)length; __builtin_trap();
 }
 
 #endif

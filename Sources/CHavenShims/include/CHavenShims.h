@@ -37,14 +37,13 @@ void haven_aes256_expand(const uint8_t *key, uint8_t *schedule);
 void haven_aes128_encrypt_block(const uint8_t *schedule, const uint8_t *in, uint8_t *out);
 /// AES-256-CTR: XORs `length` bytes of `in` with the keystream for the 16-byte initial counter block
 /// `iv`, counting as one 128-bit big-endian integer that wraps at 2^128. `in` and `out` may be the same.
-void haven_aes256_ctr(const uint8_t *schedule, const uint8_t *iv, const uint8_t *in, uint8_t *out, size_t length);
-/// 1 when haven_aes256_ctr also uses the 512-bit AES instructions (VAES with AVX-512F/BW, and the OS
-/// saving the 512-bit state), four blocks per instruction, else 0.
+/// With `wide` 1 it also uses the 512-bit AES instructions where the CPU has them (four blocks per
+/// instruction); 0 keeps to the 128-bit ones (tests compare both paths).
+void haven_aes256_ctr(const uint8_t *schedule, const uint8_t *iv, const uint8_t *in, uint8_t *out, size_t length,
+                      int wide);
+/// 1 when the CPU has the 512-bit AES instructions (VAES with AVX-512F/BW, and the OS saving the
+/// 512-bit state), else 0.
 int haven_aes_vaes_available(void);
-/// haven_aes256_ctr with the 512-bit instructions only when `wide` is 1 and the CPU has them (tests
-/// compare both paths).
-void haven_aes256_ctr_engine(const uint8_t *schedule, const uint8_t *iv, const uint8_t *in, uint8_t *out, size_t length,
-                             int wide);
 
 /// 1 when the CPU and OS run AVX-512F (haven_scrypt_romix_avx512 may be called), else 0.
 int haven_scrypt_avx512_available(void);

@@ -127,13 +127,10 @@ final class AESHardwareKeys: @unchecked Sendable {  // immutable after init
     func ctr(iv: UnsafeRawBufferPointer, input: UnsafeRawBufferPointer, output: UnsafeMutableRawBufferPointer, wide: Bool = true) {
         precondition(iv.count == 16 && output.count == input.count, "AES-CTR needs a 16-byte IV and equal sizes")
         guard input.count > 0 else { return }
-        haven_aes256_ctr_engine(base, iv.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                                input.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                                output.baseAddress!.assumingMemoryBound(to: UInt8.self), input.count, wide ? 1 : 0)
+        haven_aes256_ctr(base, iv.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                         input.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                         output.baseAddress!.assumingMemoryBound(to: UInt8.self), input.count, wide ? 1 : 0)
     }
-
-    /// Whether `ctr` uses the 512-bit AES instructions (VAES) on this CPU.
-    static let wideAvailable = haven_aes_vaes_available() != 0
 
     /// AES-128 under the MAC key k of one 16-byte block (Poly1305-AES's s = AES_k(nonce)).
     func encryptMACBlock(_ block: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) {
