@@ -9,6 +9,7 @@ OUTDIR holds (tab-separated, one record a line):
   steps.tsv   round, corpus, tool, step, wall_s, user_s, sys_s, maxrss_kb, exit_code[, server_cpu_s, requests]
   sizes.tsv   round, corpus, tool, when, bytes[, objects]
   verify.tsv  round, corpus, tool, result (ok|DIFFERS|SKIPPED), detail
+  kdf.tsv     round, corpus, N,r,p of the scrypt key both Haven and restic used (local runs with both)
 
 server_cpu_s (S3 only) is the CPU time the SeaweedFS server used during the step, requests (S3 only) the S3
 requests it served during the step by type ("GET=12,LIST=3,PUT=4"); objects (S3 only) the number of objects
@@ -176,11 +177,21 @@ def main(outdir, results_md):
         out.append(f"- restic: {meta.get('restic_version', '?')} (compression auto, cache in a per-run temp dir)")
     if "borg" in tools:
         out.append(f"- borg: {meta.get('borg_version', '?')} (`-e repokey`, `--compression zstd,3`)")
-    if meta.get("kdf"):
+    kdf_rows = [r for r in read_tsv(os.path.join(outdir, "kdf.tsv")) if len(r) == 3]
+    if kdf_rows:
+        counts = {}
+        for _, _, params in kdf_rows:
+            counts[params] = counts.get(params, 0) + 1
+        listed = ", ".join(f"{p} ({n} of {len(kdf_rows)})" for p, n in sorted(counts.items()))
+        out.append(f"- scrypt: restic calibrates its key whenever it makes one, and on this machine its choice drifts "
+                   f"from minute to minute; so in each round, restic's repository for a corpus is made (untimed) before "
+                   f"either tool runs, and Haven's key in that round gets the same N,r,p. Each password check costs both "
+                   f"tools the same work. N,r,p per round and corpus: {listed}.")
+    elif meta.get("kdf"):
         kdf = meta["kdf"]
         if kdf[0].isdigit():
-            out.append(f"- scrypt: Haven's and restic's keys both use N,r,p = {kdf} (restic's calibration on this "
-                       f"machine), so each password check costs both tools the same work.")
+            out.append(f"- scrypt: Haven's keys use N,r,p = {kdf}, restic's calibration at the start of the run; "
+                       f"restic calibrates its own keys at each init, so its parameters may differ from round to round.")
         else:
             out.append(f"- scrypt: {kdf}.")
     if meta.get("polynomial"):

@@ -539,9 +539,40 @@ share_polynomial() {
         haven) rm -rf "$repo"
                HAVEN_FROM_PASSWORD=$HAVEN_PASSWORD "$HAVEN" -r "$repo" init --copy-chunker-params --from-repo "$POLY_SOURCE" >"$log" 2>&1 ;;
         restic) rm -rf "$repo"
-                RESTIC_FROM_PASSWORD=$RESTIC_PASSWORD restic -r "$repo" init --repository-version 2 --copy-chunker-params --from-repo "$POLY_SOURCE" >"$log" 2>&1 ;;
+                if [ -n "$STAGED" ]; then
+                    mv "$STAGED" "$repo"
+                else
+                    RESTIC_FROM_PASSWORD=$RESTIC_PASSWORD restic -r "$repo" init --repository-version 2 --copy-chunker-params --from-repo "$POLY_SOURCE" >"$log" 2>&1
+                fi ;;
         *) return 0 ;;
     esac || { echo "$tool could not re-init $repo with round $round's polynomial (see $log)" >>"$OUT/failures.txt"; return 1; }
+}
+
+# restic calibrates scrypt whenever it makes a key, and its calibration on this machine drifts between
+# p = 3 and 7 from one minute to the next; its `init --copy-chunker-params` above would make a key of its
+# own. So restic's repository for a round and corpus is made here, untimed, before either tool runs, and
+# Haven's key in that round gets the N, r, p that repository's key has: each password check then costs
+# both tools the same work in every round (kdf.tsv records them).
+STAGED=""
+stage_restic_repository() {
+    local round=$1 corpus=$2 log="$LOGDIR/r$round-$2-restic-staged.log" params
+    STAGED=""
+    [ -n "$POLY_SOURCE" ] && uses haven || return 0
+    STAGED="$BENCH_DIR/repos/staged-restic-$corpus"
+    rm -rf "$STAGED"
+    if ! RESTIC_FROM_PASSWORD=$RESTIC_PASSWORD restic -r "$STAGED" init --repository-version 2 --copy-chunker-params \
+            --from-repo "$POLY_SOURCE" >"$log" 2>&1 || ! params=$(key_parameters "$STAGED"); then
+        log "could not make round $round's restic repository for $corpus (see $log); it is made after its timed init instead"
+        rm -rf "$STAGED"; STAGED=""
+        return 0
+    fi
+    export HAVEN_KDF_PARAMS="$params"
+    printf '%s\t%s\t%s\n' "$round" "$corpus" "$params" >>"$OUT/kdf.tsv"
+}
+
+# N,r,p of the (only) key in a local restic repository.
+key_parameters() {
+    python3 -c 'import json,sys,glob; k=json.load(open(glob.glob(sys.argv[1]+"/keys/*")[0])); print("%d,%d,%d" % (k["N"], k["r"], k["p"]))' "$1"
 }
 
 # rotated ROUND TOOL...: the tools in an order that starts one later each round, so that what one run
@@ -570,9 +601,9 @@ KDF_PARAMS=""
 if uses haven && uses restic; then
     probe=$(mktemp -d "$BENCH_DIR/kdf.XXXXXX")
     if restic -r "$probe/repo" init --repository-version 2 >/dev/null 2>&1; then
-        KDF_PARAMS=$(python3 -c 'import json,sys,glob; k=json.load(open(glob.glob(sys.argv[1]+"/repo/keys/*")[0])); print("%d,%d,%d" % (k["N"], k["r"], k["p"]))' "$probe")
+        KDF_PARAMS=$(key_parameters "$probe/repo")
         export HAVEN_KDF_PARAMS="$KDF_PARAMS"
-        log "scrypt parameters for both tools' keys: N,r,p = $KDF_PARAMS (restic's calibration)"
+        log "scrypt parameters for Haven's keys: N,r,p = $KDF_PARAMS (restic's calibration now; in local runs, each round's restic repository sets them again)"
     else
         log "could not probe restic's scrypt calibration; each tool keeps its own"
     fi
@@ -595,7 +626,9 @@ done
 for round in $(seq 1 "$ROUNDS"); do
     make_polynomial_source "$round"
     for c in $CORPORA; do
+        uses restic && stage_restic_repository "$round" "$c"
         for tool in $(rotated "$round" $TOOLS); do run_tool "$round" "$c" "$tool"; done
+        [ -z "$STAGED" ] || rm -rf "$STAGED"
     done
     [ -z "$POLY_SOURCE" ] || rm -rf "$POLY_SOURCE"
 done
