@@ -596,7 +596,9 @@ export HAVEN_PASSWORD=bench-password RESTIC_PASSWORD=bench-password BORG_PASSPHR
 export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 # Both tools calibrate scrypt at init to about 0.5 s of their own implementation, so their keys would
 # differ in strength and the comparison would measure a policy, not speed. Haven's key gets the
-# parameters restic calibrates on this machine (equal work per password guess), found once per run.
+# parameters restic calibrates on this machine (equal work per password guess). Local runs set them
+# again per round and corpus (stage_restic_repository); this probe serves S3 runs, and local ones where
+# staging fails.
 KDF_PARAMS=""
 if uses haven && uses restic; then
     probe=$(mktemp -d "$BENCH_DIR/kdf.XXXXXX")
