@@ -67,6 +67,7 @@ HW static void blocks1(uint32_t h[8], const uint8_t *p, size_t n) {
     for (; n > 0; n--, p += 64) {
         state saved = s;
         __m128i w[4];
+#pragma clang loop unroll(full)
         for (int i = 0; i < 16; i++) {
             __m128i wi = i < 4 ? _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), BSWAP_MASK)
                                : schedule(w, i);
@@ -91,6 +92,7 @@ HW static void blocks2(uint32_t h[8], const uint8_t *p, uint32_t g[8], const uin
     for (; n > 0; n--, p += 64, q += 64) {
         state saved_s = s, saved_u = u;
         __m128i w[4], v[4];
+#pragma clang loop unroll(full)
         for (int i = 0; i < 16; i++) {
             __m128i wi, vi;
             if (i < 4) {
@@ -161,8 +163,33 @@ HW void haven_sha256_pair(const uint8_t *a, size_t a_length, uint8_t a_digest[32
     finish(hb, b + nb * 64, b_length & 63, b_length, b_digest);
 }
 
+HW void haven_sha256_blocks(uint32_t state[8], const uint8_t *blocks, size_t count) {
+    blocks1(state, blocks, count);
+}
+
+HW void haven_sha256_blocks_pair(uint32_t a_state[8], const uint8_t *a, uint32_t b_state[8], const uint8_t *b,
+                                 size_t count) {
+    blocks2(a_state, a, b_state, b, count);
+}
+
+HW void haven_sha256_finish(uint32_t state[8], const uint8_t *tail, size_t tail_length, uint64_t total,
+                            uint8_t digest[32]) {
+    finish(state, tail, tail_length, total, digest);
+}
+
 #else
 int haven_sha256_hw_available(void) { return 0; }
+void haven_sha256_blocks(uint32_t state[8], const uint8_t *blocks, size_t count) {
+    (void)state; (void)blocks; (void)count;
+}
+void haven_sha256_blocks_pair(uint32_t a_state[8], const uint8_t *a, uint32_t b_state[8], const uint8_t *b,
+                              size_t count) {
+    (void)a_state; (void)a; (void)b_state; (void)b; (void)count;
+}
+void haven_sha256_finish(uint32_t state[8], const uint8_t *tail, size_t tail_length, uint64_t total,
+                         uint8_t digest[32]) {
+    (void)state; (void)tail; (void)tail_length; (void)total; (void)digest;
+}
 void haven_sha256(const uint8_t *message, size_t length, uint8_t digest[32]) {
     (void)message; (void)length; (void)digest;
 }

@@ -290,7 +290,59 @@ extension CryptoTests {
             }
         }
 
-        @Test(.enabled(if: ID.pairsInHardware, "this CPU has no SHA extensions"))
+        /// `ID.hash` (CHavenShims' code where the CPU has the SHA extensions) against swift-crypto's.
+        @Test(arguments: lengths)
+        func singleMatchesSwiftCrypto(_ a: Int) {
+            Self.x.withUnsafeBytes { xs in
+                let m = UnsafeRawBufferPointer(rebasing: xs[3..<(3 + a)])
+                #expect(ID.hash(m) == ID(Array(SHA256.hash(data: m))), "\(a) bytes")
+            }
+        }
+
+        /// Pieces that split blocks anywhere (empty ones too), and a digest taken midway that leaves the
+        /// hash going on.
+        @Test func streamingMatchesOneShot() throws {
+            let x = Self.x
+            let hasher = StreamingSHA256()
+            var at = 0, step = 0
+            let steps = [0, 1, 63, 64, 65, 7, 128, 1000, 55, 4096 + 9]
+            var midway: (Int, ID)?
+            while at < x.count {
+                let n = min(steps[step % steps.count] + step / steps.count, x.count - at)
+                x.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[at..<(at + n)])) }
+                at += n
+                step += 1
+                if step == 25 { midway = (at, hasher.finalize()) }
+            }
+            let (prefix, early) = try #require(midway)
+            #expect(early == ID(Array(SHA256.hash(data: x[0..<prefix]))))
+            #expect(hasher.finalize() == ID(Array(SHA256.hash(data: x))))
+        }
+
+        /// Messages of every length class join whichever lane is free; each digest must match its own
+        /// message, and every message must come back exactly once.
+        @Test func lanesMatchOneAtATime() {
+            let x = Self.x
+            let lengths = [1 << 20, 0, 100, 65_537, 64, 1, 300_000, 55, 56, 4096, 120, 1 << 20, 7]
+            let lanes = SHA256Lanes<Int>()
+            var got: [Int: ID] = [:]
+            for (k, n) in lengths.enumerated() {
+                let m = Array(x[(k % 4)..<(k % 4 + n)])
+                lanes.add(m, k) { tag, message, id in
+                    #expect(got[tag] == nil, "message \(tag) came back twice")
+                    #expect(id == ID(Array(SHA256.hash(data: message))), "message \(tag), \(message.count) bytes")
+                    got[tag] = id
+                }
+            }
+            lanes.finish { tag, message, id in
+                #expect(got[tag] == nil, "message \(tag) came back twice")
+                #expect(id == ID(Array(SHA256.hash(data: message))), "message \(tag), \(message.count) bytes")
+                got[tag] = id
+            }
+            #expect(got.keys.sorted() == Array(lengths.indices))
+        }
+
+        @Test(.enabled(if: ID.hashesInHardware, "this CPU has no SHA extensions"))
         func hardwarePathIsTaken() {
             // The FIPS 180-4 example "abc" and the two-block example, through the C code directly.
             var digest = [UInt8](repeating: 0, count: 32)

@@ -878,7 +878,7 @@ private func hasIssue(_ issues: [RestoreIssue], _ path: String) -> Bool { hasIss
         for (name, data) in expected { expectSameBytes(readFile(join(target, name)), data, "\(name)") }
     }
 
-    @Test("openBlobs hands out every blob once, in order; damage in a pair, alone or past the stretch costs only its blob")
+    @Test("openBlobs hands out every blob once; damage in a pair, alone or past the stretch costs only its blob")
     func openBlobsInPairs() async throws {
         let fx = try await Fixture.make()
         // Blobs 0…7; 1 does not match its ID (second of a pair), 2 fails its MAC (so 3 and 4 pair up
@@ -919,7 +919,8 @@ private func hasIssue(_ issues: [RestoreIssue], _ path: String) -> Bool { hasIss
                 }
             }
         }
-        #expect(seen == Array(0..<8))
+        // Plaintexts come out as their hashes complete, not necessarily in order; each exactly once.
+        #expect(seen.sorted() == Array(0..<8))
         #expect(failed.keys.sorted() == [1, 2, 6, 7])
         #expect(failed[1]?.contains("does not match its ID") == true)
         #expect(failed[2]?.contains("MAC") == true)

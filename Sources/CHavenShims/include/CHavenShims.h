@@ -76,4 +76,13 @@ void haven_sha256(const uint8_t *message, size_t length, uint8_t digest[32]);
 /// SHA-256 of two messages at once, interleaved so the rounds of one fill the latency of the other's.
 void haven_sha256_pair(const uint8_t *a, size_t a_length, uint8_t a_digest[32],
                        const uint8_t *b, size_t b_length, uint8_t b_digest[32]);
+/// SHA-256 in pieces: `state` starts as FIPS 180-4's initial hash value H(0) (eight words) and takes
+/// `count` whole 64-byte blocks at a time; haven_sha256_finish pads the last `tail_length` (< 64) bytes
+/// of a message of `total` bytes and writes its digest.
+void haven_sha256_blocks(uint32_t state[8], const uint8_t *blocks, size_t count);
+void haven_sha256_finish(uint32_t state[8], const uint8_t *tail, size_t tail_length, uint64_t total,
+                         uint8_t digest[32]);
+/// haven_sha256_blocks on two states at once, `count` blocks of each, interleaved as in haven_sha256_pair.
+void haven_sha256_blocks_pair(uint32_t a_state[8], const uint8_t *a, uint32_t b_state[8], const uint8_t *b,
+                              size_t count);
 #endif

@@ -1,4 +1,3 @@
-import Crypto
 
 /// Verifies a repository like `restic check`: structure always, pack contents on request.
 ///
@@ -395,12 +394,12 @@ public enum Checker {
                 inside.append(b)
             }
         }
-        var hash = SHA256()
+        let hash = StreamingSHA256()
         /// The next stretch of the pack, hashed and counted.
         func read(_ start: Int, _ end: Int) async throws -> [UInt8] {
             let bytes = try await repository.storage.load(handle, offset: start, length: end - start)
             guard bytes.count == end - start else { throw HavenError(.corrupt, "pack \(pack.short) ended early, at byte \(start + bytes.count)") }
-            hash.update(data: bytes)
+            hash.update(bytes)
             r.bytes += UInt64(bytes.count)
             return bytes
         }
@@ -439,7 +438,7 @@ public enum Checker {
             r.errors.append("pack \(pack.short) cannot be read: \(error)")
             return r
         }
-        if hash.finalize().withUnsafeBytes({ ID(bytes: $0) }) != pack {
+        if hash.finalize() != pack {
             r.errors.append("pack \(pack.short) is damaged: its content does not match its ID (SHA-256)")
         }
         return r

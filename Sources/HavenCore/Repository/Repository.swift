@@ -196,9 +196,9 @@ public final class Repository: Sendable {
     }
 
     /// Opens, decompresses and verifies the blobs of one stretch of a pack (`raw` holds the pack's bytes
-    /// from offset `base`), two at a time so that their plaintexts are hashed together (`ID.hashPair`).
-    /// Calls `body` once per blob, in order, with the blob's index and its plaintext or the damage found.
-    /// At most two plaintexts are held at once.
+    /// from offset `base`), hashing their plaintexts two at a time (`SHA256Lanes`). Calls `body` once per
+    /// blob with the blob's index and its plaintext or the damage found: damage at once, plaintexts as
+    /// their hashes complete, so not always in the blobs' order. At most two plaintexts are held at once.
     public func openBlobs(_ blobs: [PackedBlob], in raw: UnsafeRawBufferPointer, at base: Int, pack: ID,
                           _ body: (Int, Result<[UInt8], HavenError>) throws -> Void) rethrows {
         func unseal(_ i: Int) -> Result<[UInt8], HavenError> {
@@ -210,29 +210,18 @@ public final class Repository: Sendable {
             return Result { try unsealBlob(UnsafeRawBufferPointer(rebasing: raw[start..<end]), b, pack: pack) }
                 .mapError { $0 as? HavenError ?? HavenError(.corrupt, "\(Self.describe(b, pack)): \($0)") }
         }
-        func checked(_ i: Int, _ plain: [UInt8], _ actual: ID) -> Result<[UInt8], HavenError> {
-            Result { try Self.verify(plain, actual, blobs[i], pack: pack); return plain }
-                .mapError { $0 as? HavenError ?? HavenError(.corrupt, "\($0)") }
+        func checked(_ i: Int, _ plain: [UInt8], _ actual: ID) throws {
+            try body(i, Result { try Self.verify(plain, actual, blobs[i], pack: pack); return plain }
+                .mapError { $0 as? HavenError ?? HavenError(.corrupt, "\($0)") })
         }
-        var i = 0
-        while i < blobs.count {
-            let first = unseal(i)
-            guard case .success(let a) = first, i + 1 < blobs.count else {
-                try body(i, first.flatMap { checked(i, $0, ID.hash($0)) })
-                i += 1
-                continue
+        let lanes = SHA256Lanes<Int>()
+        for i in blobs.indices {
+            switch unseal(i) {
+            case .success(let plain): try lanes.add(plain, i, checked)
+            case .failure(let damage): try body(i, .failure(damage))
             }
-            switch unseal(i + 1) {
-            case .success(let b):
-                let (ida, idb) = ID.hashPair(a, b)
-                try body(i, checked(i, a, ida))
-                try body(i + 1, checked(i + 1, b, idb))
-            case .failure(let damage):
-                try body(i, checked(i, a, ID.hash(a)))
-                try body(i + 1, .failure(damage))
-            }
-            i += 2
         }
+        try lanes.finish(checked)
     }
 
     public func decryptBlob(_ sealed: [UInt8], _ blob: PackedBlob, pack: ID) throws -> [UInt8] {

@@ -3,7 +3,6 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Crypto
 import CHavenShims
 import Dispatch
 import Synchronization
@@ -31,7 +30,7 @@ public final class SpoolFile: @unchecked Sendable {
     public private(set) var visiblePath: String?
     /// Bytes written so far, including those still in the buffer.
     public private(set) var size = 0
-    private var hasher = SHA256()
+    private let hasher = StreamingSHA256()
     /// Writes smaller than this are gathered before they reach the file.
     static let bufferCapacity = 128 * 1024
     /// Bytes written but not yet in the file (allocated on the first small write).
@@ -141,7 +140,7 @@ public final class SpoolFile: @unchecked Sendable {
 
     private func writeThrough(_ bytes: UnsafeRawBufferPointer) throws {
         try FileSystem.writeFully(fd, bytes, path: "a temporary pack file in \(directory)")
-        hasher.update(bufferPointer: bytes)
+        hasher.update(bytes)
     }
 
     private var pathForMessages: String { "a temporary pack file in \(directory)" }
@@ -149,7 +148,7 @@ public final class SpoolFile: @unchecked Sendable {
     /// Hashes `bytes` and gathers them in the staging buffer, handing it to the file whenever it is full.
     private func stage(_ bytes: UnsafeRawBufferPointer) throws {
         guard let source = bytes.baseAddress, !bytes.isEmpty else { return }
-        hasher.update(bufferPointer: bytes)
+        hasher.update(bytes)
         var done = 0
         while done < bytes.count {
             let staging = self.staging ?? {
@@ -269,8 +268,7 @@ public final class SpoolFile: @unchecked Sendable {
     /// The SHA-256 of everything written so far.
     public func id() throws -> ID {
         try flush()
-        let digest = hasher.finalize()
-        return digest.withUnsafeBytes { ID(bytes: $0) }
+        return hasher.finalize()
     }
 
     /// Reads the whole content (for storages that upload from memory).
