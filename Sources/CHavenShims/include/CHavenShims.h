@@ -68,21 +68,19 @@ int haven_poly1305_avx512_available(void);
 /// (256 and 384 bytes), a portable 64-bit scalar path otherwise. Any CPU, any architecture.
 void haven_poly1305_mac(const uint8_t *message, size_t length, const uint8_t r[16], const uint8_t s[16], uint8_t tag[16]);
 
-/// 1 when this CPU has the SHA extensions and SSE4.1 (x86-64), so haven_sha256 and haven_sha256_pair
+/// 1 when this CPU has the SHA extensions and SSE4.1 (x86-64), so the haven_sha256 functions
 /// may be called; else 0 (they must not be called).
 int haven_sha256_hw_available(void);
 /// SHA-256 of `length` bytes at `message`; writes 32 bytes to `digest`.
 void haven_sha256(const uint8_t *message, size_t length, uint8_t digest[32]);
-/// SHA-256 of two messages at once, interleaved so the rounds of one fill the latency of the other's.
-void haven_sha256_pair(const uint8_t *a, size_t a_length, uint8_t a_digest[32],
-                       const uint8_t *b, size_t b_length, uint8_t b_digest[32]);
 /// SHA-256 in pieces: `state` starts as FIPS 180-4's initial hash value H(0) (eight words) and takes
 /// `count` whole 64-byte blocks at a time; haven_sha256_finish pads the last `tail_length` (< 64) bytes
 /// of a message of `total` bytes and writes its digest.
 void haven_sha256_blocks(uint32_t state[8], const uint8_t *blocks, size_t count);
 void haven_sha256_finish(uint32_t state[8], const uint8_t *tail, size_t tail_length, uint64_t total,
                          uint8_t digest[32]);
-/// haven_sha256_blocks on two states at once, `count` blocks of each, interleaved as in haven_sha256_pair.
+/// haven_sha256_blocks on two states at once, `count` blocks of each, interleaved instruction by
+/// instruction so the rounds of one fill the latency of the other's.
 void haven_sha256_blocks_pair(uint32_t a_state[8], const uint8_t *a, uint32_t b_state[8], const uint8_t *b,
                               size_t count);
 #endif

@@ -1,4 +1,3 @@
-
 /// Verifies a repository like `restic check`: structure always, pack contents on request.
 ///
 /// The structure check loads every index file, compares the packs they name with the packs in storage

