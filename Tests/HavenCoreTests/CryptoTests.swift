@@ -284,7 +284,7 @@ extension CryptoTests {
                         #expect(ma.count == a)
                         // Two messages in the lanes: they share min(a, b) bytes' worth of blocks, then
                         // the longer one runs on alone.
-                        let lanes = SHA256Lanes<Int>()
+                        let lanes = SHA256Lanes<Int, [UInt8]>()
                         var got: [Int: ID] = [:]
                         lanes.add(Array(ma), 0) { got[$0] = $2 }
                         lanes.add(Array(mb), 1) { got[$0] = $2 }
@@ -330,7 +330,7 @@ extension CryptoTests {
         @Test func lanesMatchOneAtATime() {
             let x = Self.x
             let lengths = [1 << 20, 0, 100, 65_537, 64, 1, 300_000, 55, 56, 4096, 120, 1 << 20, 7]
-            let lanes = SHA256Lanes<Int>()
+            let lanes = SHA256Lanes<Int, [UInt8]>()
             var got: [Int: ID] = [:]
             for (k, n) in lengths.enumerated() {
                 let m = Array(x[(k % 4)..<(k % 4 + n)])

@@ -64,7 +64,7 @@ public final class BlobWriter: Sendable {
 
     /// Saves a blob unless the repository already has it. Returns true when it was stored now.
     @discardableResult
-    public func save(_ type: BlobType, id: ID, plaintext: [UInt8]) async throws -> Bool {
+    public func save<P: BlobPlaintext>(_ type: BlobType, id: ID, plaintext: P) async throws -> Bool {
         guard repository.index.reserve(id, type) else { return false }
         let (sealed, uncompressedLength) = plaintext.withUnsafeBytes { seal(type, $0) }
         return try await append(type, id: id, sealed: sealed, uncompressedLength: uncompressedLength, plaintextCount: plaintext.count)

@@ -214,7 +214,7 @@ public final class Repository: Sendable {
             try body(i, Result { try Self.verify(plain, actual, blobs[i], pack: pack); return plain }
                 .mapError { $0 as? HavenError ?? HavenError(.corrupt, "\($0)") })
         }
-        let lanes = SHA256Lanes<Int>()
+        let lanes = SHA256Lanes<Int, [UInt8]>()
         for i in blobs.indices {
             switch unseal(i) {
             case .success(let plain): try lanes.add(plain, i, checked)

@@ -79,18 +79,18 @@ final class StreamingSHA256 {
 /// last message, whatever the messages' lengths. Holds at most two messages: each
 /// `add` returns once one of the two it holds is done (or the other lane was empty). Without the SHA
 /// extensions, each message is hashed on its own as it is added.
-final class SHA256Lanes<Tag> {
+final class SHA256Lanes<Tag, Message: BlobPlaintext> {
     /// Each lane's eight state words.
     private let states = UnsafeMutablePointer<UInt32>.allocate(capacity: 16)
-    private var lanes: [(tag: Tag, message: [UInt8], blocksDone: Int)?] = [nil, nil]
+    private var lanes: [(tag: Tag, message: Message, blocksDone: Int)?] = [nil, nil]
 
     init() {}
 
     deinit { states.deallocate() }
 
     /// Adds `message`; calls `completed` with the tag, message and digest of each message done by then.
-    func add(_ message: [UInt8], _ tag: Tag, _ completed: (Tag, [UInt8], ID) throws -> Void) rethrows {
-        guard ID.hashesInHardware else { return try completed(tag, message, ID.hash(message)) }
+    func add(_ message: Message, _ tag: Tag, _ completed: (Tag, Message, ID) throws -> Void) rethrows {
+        guard ID.hashesInHardware else { return try completed(tag, message, message.withUnsafeBytes { ID.hash($0) }) }
         let free = lanes[0] == nil ? 0 : 1
         StreamingSHA256.initialState.withUnsafeBufferPointer { states.advanced(by: 8 * free).update(from: $0.baseAddress!, count: 8) }
         lanes[free] = (tag, message, 0)
@@ -113,7 +113,7 @@ final class SHA256Lanes<Tag> {
     }
 
     /// Hashes what the lanes still hold, calling `completed` for each.
-    func finish(_ completed: (Tag, [UInt8], ID) throws -> Void) rethrows {
+    func finish(_ completed: (Tag, Message, ID) throws -> Void) rethrows {
         for k in 0..<2 where lanes[k] != nil {
             let lane = lanes[k]!
             let left = lane.message.count / 64 - lane.blocksDone
@@ -128,7 +128,7 @@ final class SHA256Lanes<Tag> {
     }
 
     /// Pads lane `k`'s last partial block, empties the lane and hands its message on.
-    private func complete(_ k: Int, _ completed: (Tag, [UInt8], ID) throws -> Void) rethrows {
+    private func complete(_ k: Int, _ completed: (Tag, Message, ID) throws -> Void) rethrows {
         let lane = lanes[k]!
         lanes[k] = nil
         var id = ID(w0: 0, w1: 0, w2: 0, w3: 0)
