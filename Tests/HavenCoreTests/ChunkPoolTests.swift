@@ -88,21 +88,27 @@ struct ChunkPoolTests {
         #expect(bytesRead == data.count - prefixLength)
     }
 
+    /// One `readChunk` from `fd` with a fresh chunker and nothing carried.
+    static func readFirstChunk(_ fd: Int32) throws -> (count: Int, touched: Int, atEnd: Bool, carry: [UInt8], bytesRead: Int) {
+        let space = UnsafeMutableRawBufferPointer.allocate(byteCount: Chunker.maxSize, alignment: 16)
+        defer { space.deallocate() }
+        var chunker = Chunker(polynomial: polynomial)
+        var carry: [UInt8] = []
+        var atEnd = false
+        var bytesRead = 0
+        let result = try Archiver.readChunk(into: space, chunker: &chunker, carry: &carry, from: fd,
+                                            atEnd: &atEnd, bytesRead: &bytesRead)
+        return (result.count, result.touched, atEnd, carry, bytesRead)
+    }
+
     @Test("an empty stream gives no chunk")
     func emptyStream() throws {
         var fds: [Int32] = [0, 0]
         #expect(pipe(&fds) == 0)
         close(fds[1])
         defer { close(fds[0]) }
-        let space = UnsafeMutableRawBufferPointer.allocate(byteCount: Chunker.maxSize, alignment: 16)
-        defer { space.deallocate() }
-        var chunker = Chunker(polynomial: Self.polynomial)
-        var carry: [UInt8] = []
-        var atEnd = false
-        var bytesRead = 0
-        let result = try Archiver.readChunk(into: space, chunker: &chunker, carry: &carry, from: fds[0],
-                                            atEnd: &atEnd, bytesRead: &bytesRead)
-        #expect(result.count == 0 && result.touched == 0 && atEnd && carry.isEmpty && bytesRead == 0)
+        let r = try Self.readFirstChunk(fds[0])
+        #expect(r.count == 0 && r.touched == 0 && r.atEnd && r.carry.isEmpty && r.bytesRead == 0)
     }
 
     @Test("a read error is thrown, not taken for the end of the file")
@@ -111,17 +117,7 @@ struct ChunkPoolTests {
         let fd = open(dir.path, O_RDONLY | O_DIRECTORY)  // read(2) on a directory fails with EISDIR
         #expect(fd >= 0)
         defer { close(fd) }
-        let space = UnsafeMutableRawBufferPointer.allocate(byteCount: Chunker.maxSize, alignment: 16)
-        defer { space.deallocate() }
-        var chunker = Chunker(polynomial: Self.polynomial)
-        var carry: [UInt8] = []
-        var atEnd = false
-        var bytesRead = 0
-        #expect(throws: Archiver.SourceReadError.self) {
-            _ = try Archiver.readChunk(into: space, chunker: &chunker, carry: &carry, from: fd,
-                                       atEnd: &atEnd, bytesRead: &bytesRead)
-        }
-        #expect(!atEnd)
+        #expect(throws: Archiver.SourceReadError.self) { _ = try Self.readFirstChunk(fd) }
     }
 
     /// Which of the pages of `length` bytes at `address` are resident.
