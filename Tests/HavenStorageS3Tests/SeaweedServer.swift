@@ -12,7 +12,7 @@ import Glibc
 
 /// A SeaweedFS server (master, volume, filer and S3 gateway) on loopback, for the life of a test suite.
 final class SeaweedServer: Sendable {
-    let process: Process
+    let process: WatchedServer
     let directory: TempDir
     let s3Port: Int
     let logPath: String
@@ -27,7 +27,7 @@ final class SeaweedServer: Sendable {
 
     var endpoint: String { "http://127.0.0.1:\(s3Port)" }
 
-    private init(process: Process, directory: TempDir, s3Port: Int, logPath: String) {
+    private init(process: WatchedServer, directory: TempDir, s3Port: Int, logPath: String) {
         self.process = process
         self.directory = directory
         self.s3Port = s3Port
@@ -83,17 +83,12 @@ final class SeaweedServer: Sendable {
             let ports = pickPorts()
             let log = dir.sub("weed.log")
             _ = FileManager.default.createFile(atPath: log, contents: nil)
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: weed)
-            p.arguments = ["server", "-dir=\(data)", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                           "-master.port=\(ports[0])", "-volume.port=\(ports[1])", "-filer.port=\(ports[2])",
-                           "-s3", "-s3.port=\(ports[3])", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                           "-master.volumeSizeLimitMB=64", "-volume.max=100"] + extraArguments
-            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-            p.standardOutput = handle
-            p.standardError = handle
-            p.standardInput = FileHandle.nullDevice
-            try p.run()
+            let p = try WatchedServer(
+                [weed, "server", "-dir=\(data)", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                 "-master.port=\(ports[0])", "-volume.port=\(ports[1])", "-filer.port=\(ports[2])",
+                 "-s3", "-s3.port=\(ports[3])", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                 "-master.volumeSizeLimitMB=64", "-volume.max=100"] + extraArguments,
+                log: log, removing: dir.path)
             let server = SeaweedServer(process: p, directory: dir, s3Port: ports[3], logPath: log)
             let deadline = Date().addingTimeInterval(60)
             while Date() < deadline && p.isRunning {
@@ -120,17 +115,7 @@ final class SeaweedServer: Sendable {
     }
 
     /// SIGTERM, then SIGKILL after 10 s.
-    func stop() {
-        guard process.isRunning else { return }
-        let pid = process.processIdentifier
-        kill(pid, SIGTERM)
-        let deadline = Date().addingTimeInterval(10)
-        while process.isRunning && Date() < deadline { usleep(50_000) }
-        if process.isRunning {
-            kill(pid, SIGKILL)
-            process.waitUntilExit()
-        }
-    }
+    func stop() { process.stop() }
 
     @TaskLocal static var current: SeaweedServer?
 }

@@ -14,7 +14,7 @@ final class SSHServer: @unchecked Sendable {
     let userKey: String
     /// sshd, started with posix_spawn: Foundation's `Process` mis-detects the exit of children that close
     /// inherited descriptors (as sshd does) and then stalls exit detection for every other `Process`.
-    let process: Subprocess
+    let process: WatchedServer
     /// A known_hosts file holding this server's host key.
     let knownHosts: String
     let nonce = UUID().uuidString
@@ -81,13 +81,14 @@ final class SSHServer: @unchecked Sendable {
         knownHosts = dir.sub("known_hosts")
         try Fixture.write(knownHosts, Array("[127.0.0.1]:\(port) \(hostKey)\n".utf8))
         let log = dir.sub("sshd.log")
-        let p = try Subprocess(["/usr/sbin/sshd", "-D", "-E", log, "-f", dir.sub("sshd_config")])
+        let p = try WatchedServer(["/usr/sbin/sshd", "-D", "-E", log, "-f", dir.sub("sshd_config")],
+                                  log: dir.sub("sshd.out"), removing: dir.path)
         process = p
         let deadline = Date().addingTimeInterval(15)
         while !Self.accepts(port) {
-            guard p.exitCode == nil, Date() < deadline else {
+            guard p.isRunning, Date() < deadline else {
                 let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-                p.terminate()
+                p.stop()
                 throw FixtureError.failed("sshd did not start listening on port \(port): \(text)")
             }
             usleep(20_000)
@@ -108,7 +109,7 @@ final class SSHServer: @unchecked Sendable {
     }
 
     func stop() {
-        process.terminate()
+        process.stop()
     }
 
     deinit { stop() }
