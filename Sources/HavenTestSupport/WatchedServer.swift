@@ -44,7 +44,12 @@ public final class WatchedServer: Sendable {
                                newProcessGroup: true)
         var line: [UInt8] = []
         var byte: UInt8 = 0
-        while read(p.stdout, &byte, 1) == 1 && byte != UInt8(ascii: "\n") { line.append(byte) }
+        while true {
+            let n = read(p.stdout, &byte, 1)
+            if n < 0 && errno == EINTR { continue }
+            guard n == 1, byte != UInt8(ascii: "\n") else { break }
+            line.append(byte)
+        }
         guard let pid = pid_t(String(decoding: line, as: UTF8.self)) else {
             p.signal(SIGKILL)
             throw FixtureError.failed("the watchdog for \(command[0]) did not report the server's process ID")

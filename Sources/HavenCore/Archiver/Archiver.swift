@@ -135,7 +135,7 @@ public final class Archiver: Sendable {
     let progress: BackupProgress
     let fileSlots: AsyncSemaphore
     /// Buffers large files are read into, one per chunk (see `chunkStream`).
-    let chunkPool = ChunkPool(capacity: Chunker.maxSize, residentLimit: ChunkPool.defaultResidentLimit)
+    let chunkPool = ChunkPool(capacity: Chunker.maxSize)
     /// Directories walked in tasks of their own at once (others are walked by their parent's task).
     let directorySlots = AsyncSemaphore(permits: 8)
     /// Entries of one directory in flight at once.

@@ -42,7 +42,7 @@ final class ChunkPool: Sendable {
         let base: UnsafeMutableRawPointer
     }
 
-    init(capacity: Int, residentLimit: Int = 1 << 20, idleLimit: Int = 16) {
+    init(capacity: Int, residentLimit: Int = ChunkPool.defaultResidentLimit, idleLimit: Int = 16) {
         precondition(capacity > 0 && residentLimit >= 0 && idleLimit >= 0)
         self.capacity = capacity
         self.residentLimit = residentLimit
@@ -99,8 +99,6 @@ final class ChunkBuffer: BlobPlaintext, @unchecked Sendable {
     }
 
     deinit { pool.giveBack(base, touched: touched) }
-
-    var capacity: Int { pool.capacity }
 
     /// Where the buffer lies (tests).
     var address: UnsafeRawPointer { UnsafeRawPointer(base) }
