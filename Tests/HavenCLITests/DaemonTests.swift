@@ -120,33 +120,43 @@ struct DaemonTests {
             paths: [\(s.source)]
             repositories: [main]
             watch:
-              min_wait: 1s
-              max_wait: 10s
+              min_wait: 2s
+              max_wait: 20s
         """)
         let d = try await s.startDaemon()
         defer { Task { await d.stop() } }
         try await Task.sleep(for: .milliseconds(500))
         #expect(try await d.jobs().isEmpty)
-        // A burst of changes: one backup, after the burst.
+        // A burst of changes, 100 ms apart: one backup, after the burst. The gaps actually taken are
+        // measured: on a starved machine one may reach min_wait, and then two backups are right.
+        var longestGap: TimeInterval = 0
+        var previous = Date()
         for i in 0..<5 {
             try Fixture.write(s.source + "/new\(i).txt", Array("change \(i)".utf8))
+            if i > 0 { longestGap = max(longestGap, Date().timeIntervalSince(previous)) }
+            previous = Date()
             try await Task.sleep(for: .milliseconds(100))
         }
-        let lastChange = Date()
+        let lastChange = previous
         let deadline = Date().addingTimeInterval(60)
         var jobs: [JobRecord] = []
         while Date() < deadline {
             jobs = try await d.jobs()
-            if jobs.contains(where: { $0.state == .finished }) { break }
+            // The backup that covers the last change (with a split burst, an earlier one ran too).
+            if jobs.contains(where: { $0.state == .finished && $0.createdAt >= lastChange }) { break }
             try await Task.sleep(for: .milliseconds(200))
         }
-        #expect(jobs.count == 1, "\(jobs)")
+        if longestGap < 2 {
+            #expect(jobs.count == 1, "\(jobs)")
+        } else {
+            #expect((1...2).contains(jobs.count), "a gap of \(longestGap) s split the burst: \(jobs)")
+        }
         #expect(jobs.first?.trigger == "watch")
         #expect(jobs.first?.state == .finished)
-        // The change wakes the sleeping scheduler: the job is queued at min_wait after the burst, not
-        // at the loop's next idle pass (5 s).
+        // The change wakes the sleeping scheduler: the job is queued at min_wait (2 s) after the burst,
+        // not at the loop's next idle pass (5 s).
         let queued = try #require(jobs.first?.createdAt)
-        #expect(queued.timeIntervalSince(lastChange) < 3, "queued \(queued.timeIntervalSince(lastChange)) s after the last change")
+        #expect(queued.timeIntervalSince(lastChange) < 4, "queued \(queued.timeIntervalSince(lastChange)) s after the last change")
         let ls = try await s.cli.ok(["-r", s.repo, "ls", "latest"])
         #expect(ls.stdout.contains("new4.txt"))
         await d.stop()

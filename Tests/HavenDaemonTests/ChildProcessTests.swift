@@ -30,8 +30,10 @@ struct ChildProcessTests {
     func terminateStopsTheGroup() async throws {
         let marker = FileManager.default.temporaryDirectory.appendingPathComponent("haven-child-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
         defer { unlink(marker) }
-        // The grandchild writes its pid, then would outlive the shell if only the shell were stopped.
-        let child = try ChildProcess(["/bin/sh", "-c", "sleep 30 & echo $! > \(marker); wait"], newProcessGroup: true) { _, _ in }
+        // The grandchild writes its pid, then would outlive the shell if only the shell were stopped. It
+        // sleeps far longer than a loaded machine can delay this test's next steps (30 s was once not
+        // enough: the shell ended on its own first); if the test fails, `terminate` below still ends it.
+        let child = try ChildProcess(["/bin/sh", "-c", "sleep 300 & echo $! > \(marker); wait"], newProcessGroup: true) { _, _ in }
         var grandchild: pid_t = 0
         for _ in 0..<100 where grandchild == 0 {
             try await Task.sleep(for: .milliseconds(50))
