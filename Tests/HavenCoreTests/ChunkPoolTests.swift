@@ -120,6 +120,18 @@ struct ChunkPoolTests {
         #expect(throws: Archiver.SourceReadError.self) { _ = try Self.readFirstChunk(fd) }
     }
 
+    @Test("a buffer that cannot be mapped is an error that says what to do")
+    func mapFailure() throws {
+        // 1 PiB is beyond any x86-64 or arm64 user address space, so mmap fails with ENOMEM whatever
+        // the overcommit policy.
+        let pool = ChunkPool(capacity: 1 << 50)
+        let error = try #require(throws: HavenError.self) { _ = try pool.take() }
+        #expect(error.code == .fatal)
+        #expect(error.message.contains("cannot map 1073741824 MiB for reading a file"), "\(error)")
+        #expect(error.message.contains("lower --read-concurrency"), "\(error)")
+        #expect(pool.idleCount == 0)
+    }
+
     /// Which of the pages of `length` bytes at `address` are resident.
     static func residentPages(_ address: UnsafeRawPointer, _ length: Int) -> [Bool] {
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
