@@ -329,9 +329,8 @@ public final class S3Storage: Storage, @unchecked Sendable {
             if let buffer { request.body = .bytes(buffer) }
             do {
                 let response = try await client.execute(request, timeout: .minutes(30))
-                let collected = try await response.body.collect(upTo: Int(Int32.max))
                 let result = Response(status: Int(response.status.code), headers: response.headers,
-                                      body: Array(collected.readableBytesView))
+                                      body: try await Self.collect(response))
                 if (result.status >= 500 || result.status == 429 || result.status == 408) && attempt < maxAttempts {
                     try await backoff(attempt)
                     continue
@@ -350,6 +349,24 @@ public final class S3Storage: Storage, @unchecked Sendable {
                                  cause: error, transient: true)
             }
         }
+    }
+
+    /// Largest response body accepted.
+    static let maxBodySize = Int(Int32.max)
+
+    /// A response's body, appended to one array as it arrives, sized up front from Content-Length: no
+    /// buffer grown by doubling and copied out again, so a pack read holds its bytes once.
+    static func collect(_ response: HTTPClientResponse) async throws -> [UInt8] {
+        var body: [UInt8] = []
+        if let declared = response.headers.first(name: "content-length").flatMap(Int.init) {
+            guard declared <= maxBodySize else { throw NIOTooManyBytesError(maxBytes: maxBodySize) }
+            body.reserveCapacity(declared)
+        }
+        for try await piece in response.body {
+            guard piece.readableBytes <= maxBodySize - body.count else { throw NIOTooManyBytesError(maxBytes: maxBodySize) }
+            body.append(contentsOf: piece.readableBytesView)
+        }
+        return body
     }
 
     private func backoff(_ attempt: Int) async throws {

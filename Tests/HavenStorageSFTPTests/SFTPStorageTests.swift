@@ -140,9 +140,8 @@ struct SFTPStorageTests {
             // Pipelined: many requests in flight at once. OpenSSH offers ~255 KiB requests (limits@openssh.com).
             #expect(stats.peakOutstanding >= 8, "transfers are not pipelined: at most \(stats.peakOutstanding) requests in flight")
             #expect(stats.writeChunk > 32 * 1024 && stats.readChunk > 32 * 1024, "limits@openssh.com not used: \(stats)")
-            // Only a sanity floor: the machine running the tests may be busy.
-            #expect(upRate > 10, "upload \(upRate) MB/s")
-            #expect(downRate > 10, "download \(downRate) MB/s")
+            // The rates are printed, not checked: speed is the benchmark's business. A floor of 10 MB/s
+            // (against ~190 alone) failed once with suites running beside it on 2 cores.
         }
     }
 
