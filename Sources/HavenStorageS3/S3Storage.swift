@@ -115,10 +115,31 @@ public final class S3Storage: Storage, @unchecked Sendable {
         var headers: [(String, String)] = [("content-type", "application/octet-stream")]
         if handle.type == .pack, let storageClass { headers.append(("x-amz-storage-class", storageClass)) }
         if data.count > multipartThreshold {
-            try await multipartUpload(handle, key: key, data: data, headers: headers)
+            try await multipartUpload(handle, key: key, size: data.count, headers: headers) { .bytes(data[$0]) }
             return
         }
         let r = try await send(.PUT, key: key, headers: headers, body: data[...], what: "saving \(handle)")
+        guard r.status == 200 else { throw failure(r, "saving \(handle)") }
+    }
+
+    /// Uploads a pack straight from its spool file, in pieces, so an upload holds about a megabyte
+    /// instead of the whole pack twice (read into an array, then copied into the request). The payload
+    /// hash that signs the request is the spool's own SHA-256, already computed as the pack was written,
+    /// and the server checks the body against it. A pack large enough for a multipart upload is sent
+    /// part by part the same way, each part hashed from the file first.
+    public func save(_ handle: Handle, spooled file: SpoolFile) async throws {
+        let key = endpoint.key(handle.path)
+        var headers: [(String, String)] = [("content-type", "application/octet-stream")]
+        if handle.type == .pack, let storageClass { headers.append(("x-amz-storage-class", storageClass)) }
+        if file.size > multipartThreshold {
+            try await multipartUpload(handle, key: key, size: file.size, headers: headers) { range in
+                let pieces = SpoolPieces(spool: file, range: range)
+                return .file(pieces, sha256: try await pieces.sha256Hex())
+            }
+            return
+        }
+        let body = RequestBody.file(SpoolPieces(spool: file, range: 0..<file.size), sha256: try file.id().hex)
+        let r = try await send(.PUT, key: key, headers: headers, body: body, what: "saving \(handle)")
         guard r.status == 200 else { throw failure(r, "saving \(handle)") }
     }
 
@@ -219,7 +240,9 @@ public final class S3Storage: Storage, @unchecked Sendable {
 
     // MARK: Multipart upload
 
-    private func multipartUpload(_ handle: Handle, key: String, data: [UInt8], headers: [(String, String)]) async throws {
+    /// Uploads `size` bytes in parts of `partSize`; `part` gives the body of each range.
+    private func multipartUpload(_ handle: Handle, key: String, size: Int, headers: [(String, String)],
+                                 part: (Range<Int>) async throws -> RequestBody) async throws {
         let what = "saving \(handle) (multipart)"
         let initiated = try await send(.POST, key: key, query: [("uploads", "")], headers: headers, body: [][...], what: what)
         guard initiated.status == 200 else { throw failure(initiated, what) }
@@ -229,11 +252,11 @@ public final class S3Storage: Storage, @unchecked Sendable {
         do {
             var etags: [String] = []
             var start = 0
-            while start < data.count {
-                let end = min(start + partSize, data.count)
+            while start < size {
+                let end = min(start + partSize, size)
                 let number = etags.count + 1
                 let r = try await send(.PUT, key: key, query: [("partNumber", String(number)), ("uploadId", uploadID)],
-                                       body: data[start..<end], what: "\(what), part \(number)")
+                                       body: try await part(start..<end), what: "\(what), part \(number)")
                 guard r.status == 200 else { throw failure(r, "\(what), part \(number)") }
                 guard let etag = r.headers.first(name: "etag") else {
                     throw HavenError(.io, "S3 returned no ETag for part \(number) of \(handle) in \(location)")
@@ -304,9 +327,21 @@ public final class S3Storage: Storage, @unchecked Sendable {
         }
     }
 
+    /// A request's body: bytes in memory, or a spool file read in pieces as it is sent (each attempt
+    /// reads it again from the start), with its SHA-256.
+    enum RequestBody {
+        case bytes(ArraySlice<UInt8>)
+        case file(SpoolPieces, sha256: String)
+    }
+
+    func send(_ method: HTTPMethod, key: String?, query: [(String, String)] = [], headers: [(String, String)] = [],
+              body: ArraySlice<UInt8>?, what: String) async throws -> Response {
+        try await send(method, key: key, query: query, headers: headers, body: body.map { RequestBody.bytes($0) }, what: what)
+    }
+
     /// Sends one signed request, retrying 5xx answers and connection failures with backoff.
     func send(_ method: HTTPMethod, key: String?, query: [(String, String)] = [], headers: [(String, String)] = [],
-              body: ArraySlice<UInt8>? = nil, what: String) async throws -> Response {
+              body: RequestBody? = nil, what: String) async throws -> Response {
         let uriPath = endpoint.uriPath(key: key)
         var url = "\(endpoint.scheme)://\(endpoint.hostHeader)\(uriPath)"
         if !query.isEmpty {
@@ -315,8 +350,12 @@ public final class S3Storage: Storage, @unchecked Sendable {
                 .map { $0.1.isEmpty ? $0.0 : "\($0.0)=\($0.1)" }
                 .joined(separator: "&")
         }
-        let payloadHash = body.map { SigV4.sha256Hex($0) } ?? SigV4.emptyPayloadHash
-        let buffer = body.map { ByteBuffer(bytes: $0) }
+        let payloadHash: String
+        switch body {
+        case nil: payloadHash = SigV4.emptyPayloadHash
+        case .bytes(let bytes): payloadHash = SigV4.sha256Hex(bytes)
+        case .file(_, let sha256): payloadHash = sha256
+        }
         var attempt = 0
         while true {
             attempt += 1
@@ -326,7 +365,12 @@ public final class S3Storage: Storage, @unchecked Sendable {
             var request = HTTPClientRequest(url: url)
             request.method = method
             for (name, value) in signed { request.headers.add(name: name, value: value) }
-            if let buffer { request.body = .bytes(buffer) }
+            switch body {
+            case nil: break
+            // Copied into the request a few megabytes at a time, as it is sent.
+            case .bytes(let bytes): request.body = .bytes(bytes)
+            case .file(let pieces, _): request.body = .stream(pieces, length: .known(Int64(pieces.range.count)))
+            }
             do {
                 let response = try await client.execute(request, timeout: .minutes(30))
                 let result = Response(status: Int(response.status.code), headers: response.headers,
@@ -388,5 +432,43 @@ private final class ShutdownState: @unchecked Sendable {
         if done { return false }
         done = true
         return true
+    }
+}
+
+/// A range of a spool file's content as a sequence of buffers of up to `pieceSize` bytes, read when
+/// asked for.
+struct SpoolPieces: AsyncSequence, Sendable {
+    typealias Element = ByteBuffer
+    let spool: SpoolFile
+    let range: Range<Int>
+    static let pieceSize = 1 << 20
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        let spool: SpoolFile
+        let end: Int
+        var offset: Int
+
+        mutating func next() async throws -> ByteBuffer? {
+            guard offset < end else { return nil }
+            let want = Swift.min(SpoolPieces.pieceSize, end - offset)
+            var buffer = ByteBufferAllocator().buffer(capacity: want)
+            let got = try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: want) { space in
+                try spool.read(into: UnsafeMutableRawBufferPointer(rebasing: space[..<want]), at: offset)
+            }
+            guard got == want else {
+                throw HavenError(.io, "a temporary pack file in \(spool.directory) is shorter than what was written (\(offset + got) of \(end) bytes)")
+            }
+            offset += got
+            return buffer
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator { AsyncIterator(spool: spool, end: range.upperBound, offset: range.lowerBound) }
+
+    /// The SHA-256 of the range in hex, read through once.
+    func sha256Hex() async throws -> String {
+        var hasher = SHA256()
+        for try await piece in self { piece.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) } }
+        return SigV4.hex(hasher.finalize())
     }
 }

@@ -34,6 +34,7 @@ public enum StorageConformance: String, CaseIterable, Sendable, CustomTestString
     case concurrentSaves
     case createTwice
     case largeFile
+    case spooledSave
 
     public var testDescription: String {
         switch self {
@@ -46,6 +47,7 @@ public enum StorageConformance: String, CaseIterable, Sendable, CustomTestString
         case .concurrentSaves: return "48 concurrent saves, no temporary files left"
         case .createTwice: return "create succeeds on an empty location and fails once a config exists"
         case .largeFile: return "20 MiB file round trip"
+        case .spooledSave: return "a pack saved from a spool file is stored byte for byte"
         }
     }
 
@@ -222,6 +224,26 @@ public enum StorageConformance: String, CaseIterable, Sendable, CustomTestString
             #expect(ID.hash(back) == ID.hash(data), "\(at): content differs")
             let mid = (10 << 20) - 7
             try await expectSameBytes(storage.load(h, offset: mid, length: 1 << 20), data[mid..<(mid + (1 << 20))], "\(at): ranged read")
+            #expect(try await storage.list(.pack) == [StoredFile(name: h.name, size: data.count)], "\(at)")
+            #expect(s.leftovers().isEmpty, "\(at): temporary files left: \(s.leftovers())")
+
+        case .spooledSave:
+            // Written as a pack is, many small pieces then a large one; not a whole number of the pieces
+            // a storage may read it back in.
+            let data = SeededRandom.bytes(seed: 21, (3 << 20) + 12345)
+            let spool = try SpoolFile.forPack(of: storage)
+            defer { spool.close() }
+            var written = 0
+            while written < 100_000 {
+                try spool.write(Array(data[written..<(written + 1000)]))
+                written += 1000
+            }
+            try spool.write(Array(data[written...]))
+            let h = Handle(.pack, try spool.id())
+            #expect(h.name == ID.hash(data).hex, "\(at): the spool's hash")
+            try await storage.save(h, spooled: spool)
+            #expect(try await storage.stat(h) == data.count, "\(at)")
+            try await expectSameBytes(storage.load(h), data[...], "\(at): a spooled pack read back")
             #expect(try await storage.list(.pack) == [StoredFile(name: h.name, size: data.count)], "\(at)")
             #expect(s.leftovers().isEmpty, "\(at): temporary files left: \(s.leftovers())")
         }

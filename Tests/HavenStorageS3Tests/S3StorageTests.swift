@@ -117,6 +117,27 @@ struct S3StorageTests {
         }
     }
 
+    @Test("multipart upload from a spool file: 12 MiB + 7 bytes in 5 MiB parts, each read from the file")
+    func spooledMultipart() async throws {
+        try await withStorage(multipartThreshold: 6 << 20, partSize: 5 << 20) { s in
+            let data = SeededRandom.bytes(seed: 14, (12 << 20) + 7)
+            let spool = try SpoolFile.forPack(of: s)
+            defer { spool.close() }
+            try spool.write(Array(data[..<1000]))
+            try spool.write(Array(data[1000...]))
+            let h = Handle(.pack, try spool.id())
+            try await s.save(h, spooled: spool)
+            #expect(try await s.stat(h) == data.count)
+            #expect(ID.hash(try await s.load(h)) == ID.hash(data))
+            let at = (10 << 20) - 3
+            #expect(try await s.load(h, offset: at, length: 9) == Array(data[at..<(at + 9)]))
+            // An object assembled from parts has the ETag "<hash of the parts' hashes>-<number of parts>".
+            let head = try await s.send(.HEAD, key: s.endpoint.key(h.path), what: "test")
+            let etag = head.headers.first(name: "etag") ?? ""
+            #expect(etag.hasSuffix("-3\""), "ETag \(etag)")
+        }
+    }
+
     @Test("a repository written by Haven passes restic check --read-data")
     func resticChecksHavenRepository() async throws {
         let server = try currentServer()

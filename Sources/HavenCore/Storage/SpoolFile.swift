@@ -271,6 +271,14 @@ public final class SpoolFile: @unchecked Sendable {
         return hasher.finalize()
     }
 
+    /// Reads up to `buffer.count` bytes of the content at `offset` (for storages that upload it in
+    /// pieces); returns the bytes read, fewer only at the end. Safe from any thread once nothing more is
+    /// written.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws -> Int {
+        try flush()
+        return try FileSystem.preadFully(fd, buffer, offset: offset, path: "a temporary pack file in \(directory)")
+    }
+
     /// Reads the whole content (for storages that upload from memory).
     public func readAll() throws -> [UInt8] {
         try flush()
