@@ -239,6 +239,29 @@ public final class SFTPStorage: Storage {
     }
 
     public func save(_ handle: Handle, _ data: [UInt8]) async throws {
+        try await save(handle, content: .bytes(data))
+    }
+
+    /// Writes a pack straight from its spool file, a write request's worth at a time, so an upload holds
+    /// at most its window of requests instead of the whole pack.
+    public func save(_ handle: Handle, spooled file: SpoolFile) async throws {
+        try await save(handle, content: .spool(file))
+    }
+
+    /// What a save writes: bytes in memory, or a spool file read as it is sent.
+    private enum Content {
+        case bytes([UInt8])
+        case spool(SpoolFile)
+
+        var count: Int {
+            switch self {
+            case .bytes(let data): return data.count
+            case .spool(let file): return file.size
+            }
+        }
+    }
+
+    private func save(_ handle: Handle, content: Content) async throws {
         let c = try await connection()
         let path = remote(handle.path)
         var random = SystemRandomNumberGenerator()
@@ -253,7 +276,7 @@ public final class SFTPStorage: Storage {
             fileHandle = try await openFile(c, tmp, flags: flags, permissions: 0o600, operation: "create")
         }
         do {
-            try await writeAll(c, fileHandle, data, tmp)
+            try await writeAll(c, fileHandle, content, tmp)
             if c.extensions["fsync@openssh.com"] != nil {
                 let r = try await c.request(SFTP.extended) { w in
                     w.string("fsync@openssh.com")
@@ -284,7 +307,7 @@ public final class SFTPStorage: Storage {
         }
     }
 
-    private func writeAll(_ c: SFTPConnection, _ handle: [UInt8], _ data: [UInt8], _ path: String) async throws {
+    private func writeAll(_ c: SFTPConnection, _ handle: [UInt8], _ content: Content, _ path: String) async throws {
         var inFlight: [Reply] = []
         var offset = 0
         let chunk = c.writeChunk, window = max(8, SFTP.inFlightBytes / chunk)
@@ -292,13 +315,24 @@ public final class SFTPStorage: Storage {
             let reply = inFlight.removeFirst()
             try status(c, try await reply.value(), "write", path)
         }
-        while offset < data.count {
-            let end = min(data.count, offset + chunk)
+        let size = content.count
+        var piece: [UInt8] = []
+        while offset < size {
+            let end = min(size, offset + chunk)
             let off = offset
+            if case .spool(let file) = content {
+                piece = try [UInt8](unsafeUninitializedCapacity: end - off) { buffer, count in
+                    count = 0
+                    count = try file.read(into: UnsafeMutableRawBufferPointer(buffer), at: off)
+                }
+                guard piece.count == end - off else {
+                    throw HavenError(.io, "a temporary pack file in \(file.directory) is shorter than what was written (\(off + piece.count) of \(size) bytes)")
+                }
+            }
             inFlight.append(try c.send(SFTP.write) { w in
                 w.string(handle)
                 w.u64(UInt64(off))
-                w.string(data[off..<end])
+                if case .bytes(let data) = content { w.string(data[off..<end]) } else { w.string(piece) }
             })
             offset = end
             if inFlight.count >= window { try await drainOne() }
