@@ -4,14 +4,14 @@
   report.py OUTDIR RESULTS_MD
 
 OUTDIR holds (tab-separated, one record a line):
-  meta.tsv    key, value (tools: the tools that ran, storage: local or s3, ...)
+  meta.tsv    key, value (tools: the tools that ran, storage: local, s3 or sftp, ...)
   corpora.tsv corpus, description, files_v1, bytes_v1, files_v2, bytes_v2
   steps.tsv   round, corpus, tool, step, wall_s, user_s, sys_s, maxrss_kb, exit_code[, server_cpu_s, requests]
   sizes.tsv   round, corpus, tool, when, bytes[, objects]
   verify.tsv  round, corpus, tool, result (ok|DIFFERS|SKIPPED), detail
   kdf.tsv     round, corpus, N,r,p of the scrypt key both Haven and restic used (local runs with both)
 
-server_cpu_s (S3 only) is the CPU time the SeaweedFS server used during the step, requests (S3 only) the S3
+server_cpu_s (S3 and SFTP) is the CPU time the server (SeaweedFS; sshd's sessions) used during the step, requests (S3 only) the S3
 requests it served during the step by type ("GET=12,LIST=3,PUT=4"); objects (S3 only) the number of objects
 in the repository.
 """
@@ -88,6 +88,7 @@ def main(outdir, results_md):
     meta = dict((r[0], r[1] if len(r) > 1 else "") for r in read_tsv(os.path.join(outdir, "meta.tsv")) if r)
     tools = [t for t in ALL_TOOLS if t in meta.get("tools", " ".join(ALL_TOOLS)).split()]
     s3 = meta.get("storage") == "s3"
+    sftp = meta.get("storage") == "sftp"
     ratios = "haven" in tools and "restic" in tools
     corpora = read_tsv(os.path.join(outdir, "corpora.tsv"))
     steps = read_tsv(os.path.join(outdir, "steps.tsv"))
@@ -165,6 +166,14 @@ def main(outdir, results_md):
                    "signed requests (AWS Signature V4), a fresh bucket per round, corpus and tool. No network "
                    "latency or bandwidth limit: this measures request count and client efficiency, not a WAN. "
                    "The server shares the CPUs with the tool being measured.")
+    elif sftp:
+        out.append("# Haven benchmark results: SFTP storage (OpenSSH on loopback)\n")
+        out.append(f"- **Storage: SFTP** — {meta.get('openssh_version', 'OpenSSH')} sshd on 127.0.0.1 of the same "
+                   "machine, key login, its internal SFTP server; the repositories are directories on the same disk "
+                   "as the corpora. haven and restic start `ssh -F CONFIG havenbench -s sftp` (their `sftp.command` "
+                   "option), borg runs `borg serve` through the same ssh (`BORG_RSH`). No network latency or bandwidth "
+                   "limit: this measures protocol overhead and client efficiency, not a WAN. The server shares the "
+                   "CPUs with the tool being measured.")
     else:
         out.append("# Haven benchmark results\n")
         out.append("- Storage: local directory on the same disk as the corpora.")
@@ -219,9 +228,14 @@ def main(outdir, results_md):
         cells += (" of the client only; a second table per corpus gives, for each step, the S3 requests SeaweedFS "
                   "served (its Prometheus counter, by HTTP method; GET-range = partial reads, status 206; GET-404 etc. = "
                   "error answers; LIST = bucket listings) and the CPU time it used")
+    elif sftp:
+        cells += (" of the client, with the ssh client it starts (a child process, so its CPU counts in the tool's; "
+                  "peak RSS is the tool's own process); a second table per corpus gives the CPU time of the server side "
+                  "(the sshd sessions with the SFTP server in them, or borg serve), from the sshd listener's reaped "
+                  "children")
     if ratios:
         cells += ("; ratios are Haven ÷ restic, ✅ = meets the target from the performance issue, ❌ = misses it"
-                  + (" (the targets were set for local repositories)" if s3 else ""))
+                  + (" (the targets were set for local repositories)" if s3 or sftp else ""))
     else:
         cells += "; no Haven ÷ restic ratios: they need both haven and restic in `--tools`"
     out.append(cells + ".")
@@ -250,7 +264,7 @@ def main(outdir, results_md):
     summary = {}
     for c in corpora:
         corpus = c[0]
-        out.append(f"## {corpus}{' (S3)' if s3 else ''}\n")
+        out.append(f"## {corpus}{' (S3)' if s3 else ' (SFTP)' if sftp else ''}\n")
         head = "| step | " + " | ".join(f"{t} wall / CPU / RSS" for t in tools)
         ncols = 1 + len(tools)
         if ratios:
@@ -294,6 +308,16 @@ def main(outdir, results_md):
                             f" {fmt_ratio(ratio(med_server(corpus, 'haven', step), med_server(corpus, 'restic', step)), None)} |")
                 out.append(row)
             out.append("")
+        if sftp:
+            out.append("| server side (sshd) | " + " | ".join(f"{t} server CPU" for t in tools) +
+                       (" | haven/restic server CPU |" if ratios else " |"))
+            out.append("|" + "---|" * (1 + len(tools) + (1 if ratios else 0)))
+            for step, label, _ in STEPS:
+                row = f"| {label} | " + " | ".join(fmt_time(med_server(corpus, t, step)) for t in tools) + " |"
+                if ratios:
+                    row += f" {fmt_ratio(ratio(med_server(corpus, 'haven', step), med_server(corpus, 'restic', step)), None)} |"
+                out.append(row)
+            out.append("")
         size_head = "repository size (sum of S3 objects)" if s3 else "repository size"
         out.append(f"| {size_head} | " + " | ".join(tools) + (" | haven/restic |" if ratios else " |"))
         out.append("|" + "---|" * (1 + len(tools) + (1 if ratios else 0)))
@@ -311,7 +335,7 @@ def main(outdir, results_md):
         out.append("")
 
     if corpora and ratios:
-        out.append(f"## Summary: Haven ÷ restic against the targets{' (S3)' if s3 else ''}\n")
+        out.append(f"## Summary: Haven ÷ restic against the targets{' (S3)' if s3 else ' (SFTP)' if sftp else ''}\n")
         names = [c[0] for c in corpora]
         out.append("| metric | target | " + " | ".join(names) + " |")
         out.append("|---|---|" + "---|" * len(names))

@@ -2,10 +2,12 @@
 # Haven vs restic vs borg, side by side, on the same corpora. See bench/README.md.
 #
 #   bench/run.sh [--quick] [--rounds N] [--scale] [--corpus NAME[,NAME...]] [--no-build]
-#                [--tools haven,restic,borg] [--s3]
+#                [--tools haven,restic,borg] [--s3 | --sftp]
 #
 # --s3 stores the repositories in a local SeaweedFS S3 server (loopback) instead of a directory; borg has
 # no S3 backend, so it runs Haven and restic only, and writes bench/RESULTS-s3.md instead of RESULTS.md.
+# --sftp reaches them through an OpenSSH server on loopback (borg through `borg serve` over ssh) and
+# writes bench/RESULTS-sftp.md.
 # The scale case alone (--scale --corpus million) writes bench/RESULTS-scale.md.
 # Environment: BENCH_DIR (work dir, default /tmp/haven-bench), BENCH_STEP_TIMEOUT (seconds per step).
 set -euo pipefail
@@ -16,8 +18,8 @@ BENCH_DIR=${BENCH_DIR:-/tmp/haven-bench}
 PKGS=/opt/swift-packages/apple
 TOOLCHAIN_LIB=/opt/swift/usr/lib
 
-QUICK=0 ROUNDS=3 ROUNDS_SET=0 SCALE=0 BUILD=1 CORPUS_FILTER="" S3=0 TOOLS_FILTER="" TOOLS_SET=0
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+QUICK=0 ROUNDS=3 ROUNDS_SET=0 SCALE=0 BUILD=1 CORPUS_FILTER="" S3=0 SFTP=0 TOOLS_FILTER="" TOOLS_SET=0
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "bench: error: $*" >&2; exit 1; }
 log() { echo "bench: $*" >&2; }
 
@@ -31,6 +33,7 @@ while [ $# -gt 0 ]; do
         --corpus=*) CORPUS_FILTER=${1#*=} ;;
         --no-build) BUILD=0 ;;
         --s3) S3=1 ;;
+        --sftp) SFTP=1 ;;
         --tools) [ $# -ge 2 ] || die "--tools needs a comma-separated list (haven,restic,borg)"; TOOLS_FILTER=$2; TOOLS_SET=1; shift ;;
         --tools=*) TOOLS_FILTER=${1#*=}; TOOLS_SET=1 ;;
         -h|--help) usage; exit 0 ;;
@@ -38,6 +41,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+if [ "$S3" = 1 ] && [ "$SFTP" = 1 ]; then die "--s3 and --sftp exclude each other: run one, then the other"; fi
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive number, got '$ROUNDS'"
 if [ "$QUICK" = 1 ] && [ "$ROUNDS_SET" = 0 ]; then ROUNDS=1; fi
 if [ "$QUICK" = 1 ]; then MODE=quick; STEP_TIMEOUT=${BENCH_STEP_TIMEOUT:-900}; else MODE=full; STEP_TIMEOUT=${BENCH_STEP_TIMEOUT:-3600}; fi
@@ -79,7 +83,9 @@ else
     TOOLS="haven restic borg"
 fi
 uses() { case " $TOOLS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
-if [ "$S3" = 1 ]; then STORAGE=s3; RESULTS_MD="$HERE/RESULTS-s3.md"; else STORAGE=local; RESULTS_MD="$HERE/RESULTS.md"; fi
+if [ "$S3" = 1 ]; then STORAGE=s3; RESULTS_MD="$HERE/RESULTS-s3.md"
+elif [ "$SFTP" = 1 ]; then STORAGE=sftp; RESULTS_MD="$HERE/RESULTS-sftp.md"
+else STORAGE=local; RESULTS_MD="$HERE/RESULTS.md"; fi
 # The scale case alone (--scale --corpus million) keeps its own file, so it does not replace the main run.
 if [ "$CORPORA" = million ]; then RESULTS_MD="${RESULTS_MD%.md}-scale.md"; fi
 
@@ -91,6 +97,10 @@ ensure_tools() {
     [ -x /usr/bin/time ] || missing+=(time)
     command -v git >/dev/null || missing+=(git)
     command -v openssl >/dev/null || missing+=(openssl)
+    if [ "$SFTP" = 1 ]; then
+        [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+        command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+    fi
     if [ ${#missing[@]} -gt 0 ]; then
         [ "$(id -u)" = 0 ] || die "missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root"
         log "installing ${missing[*]} with apt-get"
@@ -247,6 +257,77 @@ weed_cpu() {
     awk -v hz="$CLK_TCK" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$WEED_PID/stat"
 }
 
+# ------------------------------------------------------------------------------------- SFTP (OpenSSH)
+# One sshd on 127.0.0.1 only, on a free port, with a host key and a client key made for the run, for the
+# current user. Every tool reaches it through one ssh client configuration (host alias `havenbench`):
+# haven and restic run `ssh -F CONFIG havenbench -s sftp` (their sftp.command option), borg runs
+# `borg serve` through `BORG_RSH="ssh -F CONFIG"`. The ssh client is a child of the tool, so its CPU time
+# counts in the tool's; the server's (sshd with its SFTP subsystem, or borg serve) is measured apart.
+SSHD_PID="" SFTPDIR="" SSH_CFG=""
+
+start_sshd() {
+    local port user
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()') \
+        || die "could not pick a free port for sshd"
+    user=$(id -un)
+    SFTPDIR="$BENCH_DIR/sftp"
+    rm -rf "$SFTPDIR"; mkdir -p "$SFTPDIR"; chmod 700 "$SFTPDIR"
+    ssh-keygen -q -t ed25519 -N '' -C haven-bench-host -f "$SFTPDIR/host_key" || die "ssh-keygen failed"
+    ssh-keygen -q -t ed25519 -N '' -C haven-bench-client -f "$SFTPDIR/client_key" || die "ssh-keygen failed"
+    printf '%s\n' "ListenAddress 127.0.0.1" "Port $port" "HostKey $SFTPDIR/host_key" \
+        "AuthorizedKeysFile $SFTPDIR/client_key.pub" "AllowUsers $user" "PermitRootLogin prohibit-password" \
+        "PasswordAuthentication no" "KbdInteractiveAuthentication no" "UsePAM no" "StrictModes no" \
+        "PidFile none" "Subsystem sftp internal-sftp" >"$SFTPDIR/sshd_config"
+    echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$SFTPDIR/host_key.pub")" >"$SFTPDIR/known_hosts"
+    SSH_CFG="$SFTPDIR/ssh_config"
+    printf '%s\n' "Host havenbench" "    HostName 127.0.0.1" "    Port $port" "    User $user" \
+        "    IdentityFile $SFTPDIR/client_key" "    IdentitiesOnly yes" "    UserKnownHostsFile $SFTPDIR/known_hosts" \
+        "    StrictHostKeyChecking yes" "    BatchMode yes" "    LogLevel ERROR" >"$SSH_CFG"
+    # sshd refuses to start without its privilege separation directory.
+    [ -d /run/sshd ] || mkdir -p /run/sshd
+    /usr/sbin/sshd -D -e -f "$SFTPDIR/sshd_config" >"$SFTPDIR/sshd.log" 2>&1 &
+    SSHD_PID=$!
+    local up=0 _
+    for _ in $(seq 1 100); do
+        if ssh -F "$SSH_CFG" havenbench true 2>>"$SFTPDIR/probe.log"; then up=1; break; fi
+        kill -0 "$SSHD_PID" 2>/dev/null || { tail -20 "$SFTPDIR/sshd.log" >&2; die "sshd exited (log: $SFTPDIR/sshd.log)"; }
+        sleep 0.1
+    done
+    if [ "$up" != 1 ]; then
+        tail -n 20 "$SFTPDIR/sshd.log" "$SFTPDIR/probe.log" >&2
+        die "cannot log in to the benchmark's sshd on 127.0.0.1:$port (logs in $SFTPDIR)"
+    fi
+    export BORG_RSH="ssh -F $SSH_CFG"
+    log "$(sshd_version) sshd on 127.0.0.1:$port, pid $SSHD_PID (log: $SFTPDIR/sshd.log)"
+}
+
+stop_sshd() {
+    [ -n "$SSHD_PID" ] || return 0
+    kill -TERM "$SSHD_PID" 2>/dev/null || true
+    wait "$SSHD_PID" 2>/dev/null || true
+    SSHD_PID=""
+}
+
+sshd_version() { ssh -V 2>&1 | head -1 | cut -d, -f1; }
+
+# CPU seconds the sshd listener's sessions have used so far: the connections it forked and reaped (each
+# session's sshd, with the SFTP subsystem in it, or borg serve under it). Waits up to 5 s for the sessions
+# of the last step to end, so their time is in.
+sshd_cpu() {
+    if [ -z "$SSHD_PID" ] || [ ! -r "/proc/$SSHD_PID/stat" ]; then echo 0; return; fi
+    local _
+    for _ in $(seq 1 50); do
+        [ -z "$(pgrep -P "$SSHD_PID" 2>/dev/null)" ] && break
+        sleep 0.1
+    done
+    awk -v hz="$CLK_TCK" '{ sub(/^.*\) /, ""); print ($12 + $13 + $14 + $15) / hz }' "/proc/$SSHD_PID/stat"
+}
+
+# The server's CPU seconds so far, for the storages that have a server.
+server_cpu() {
+    if [ "$S3" = 1 ]; then weed_cpu; elif [ "$SFTP" = 1 ]; then sshd_cpu; else echo 0; fi
+}
+
 # -------------------------------------------------------------------------------------------- corpora
 cdir() { echo "$BENCH_DIR/corpora/$1-$MODE"; }
 
@@ -324,14 +405,14 @@ timed() {
     local server_cpu="" cpu0="" requests="" req0=""
     if [ "$S3" = 1 ]; then
         req0=$(python3 "$HERE/s3util.py" requests "$WEED_METRICS" 2>>"$LOGDIR/metrics.log") || req0=""
-        cpu0=$(weed_cpu)
     fi
+    if [ "$S3" = 1 ] || [ "$SFTP" = 1 ]; then cpu0=$(server_cpu); fi
     # Untimed: write back what earlier steps left dirty, so its I/O and the kernel's flusher threads do not
     # land in this step (they would fall hardest on the faster tool, whose data is still in flight).
     sync
     ( cd "${STEP_CWD:-$BENCH_DIR}" && exec /usr/bin/time -f '%e %U %S %M' -o "$tf" timeout "$STEP_TIMEOUT" "$@" ) >"$lf" 2>&1 || rc=$?
+    if [ "$S3" = 1 ] || [ "$SFTP" = 1 ]; then server_cpu=$(python3 -c "print(round($(server_cpu) - $cpu0, 2))"); fi
     if [ "$S3" = 1 ]; then
-        server_cpu=$(python3 -c "print(round($(weed_cpu) - $cpu0, 2))")
         if [ -n "$req0" ]; then
             requests=$(python3 "$HERE/s3util.py" requests "$WEED_METRICS" "$req0" 2>>"$LOGDIR/metrics.log") || requests=""
         fi
@@ -342,7 +423,7 @@ timed() {
     local ok=0
     case "$tool:$rc" in *:0|haven:3|restic:3|borg:1) ok=1 ;; esac
     if [ $ok = 1 ]; then
-        log "  $tool $step: ${wall}s wall, $(python3 -c "print(round($user+$sys,2))") s CPU, $((rss / 1024)) MB$([ "$S3" = 1 ] && echo ", server ${server_cpu} s CPU, S3 requests ${requests:-?}")$([ "$rc" != 0 ] && echo " (exit $rc: warnings)")"
+        log "  $tool $step: ${wall}s wall, $(python3 -c "print(round($user+$sys,2))") s CPU, $((rss / 1024)) MB$([ "$S3" = 1 ] && echo ", server ${server_cpu} s CPU, S3 requests ${requests:-?}")$([ "$SFTP" = 1 ] && echo ", sshd ${server_cpu} s CPU")$([ "$rc" != 0 ] && echo " (exit $rc: warnings)")"
         return 0
     fi
     {
@@ -354,8 +435,8 @@ timed() {
     return 1
 }
 
-# record_size ROUND CORPUS TOOL WHEN REPO: local: du -sb of the repository directory; S3: the sum of the
-# object sizes under the repository's prefix (ListObjectsV2), the logical size an S3 provider bills for.
+# record_size ROUND CORPUS TOOL WHEN REPO_DIR: local and SFTP: du -sb of the repository directory; S3: the sum
+# of the object sizes under the repository's prefix (ListObjectsV2), the logical size an S3 provider bills for.
 record_size() {
     local bytes objects=""
     if [ "$S3" = 1 ]; then
@@ -391,16 +472,16 @@ PY
 tool_cmd() {
     local tool=$1 step=$2 repo=$3 live=$4
     case "$tool:$step" in
-        haven:init) CMD=("$HAVEN" -r "$repo" init) ;;
-        haven:backup) CMD=("$HAVEN" -r "$repo" backup "$live") ;;
-        haven:restore) CMD=("$HAVEN" -r "$repo" restore latest --target "$RESTORE") ;;
-        haven:check) CMD=("$HAVEN" -r "$repo" check --read-data) ;;
-        haven:forget_prune) CMD=("$HAVEN" -r "$repo" forget --keep-last 1 --prune) ;;
-        restic:init) CMD=(restic -r "$repo" init --repository-version 2) ;;
-        restic:backup) CMD=(restic -r "$repo" backup "$live") ;;
-        restic:restore) CMD=(restic -r "$repo" restore latest --target "$RESTORE") ;;
-        restic:check) CMD=(restic -r "$repo" check --read-data) ;;
-        restic:forget_prune) CMD=(restic -r "$repo" forget --keep-last 1 --prune) ;;
+        haven:init) CMD=("$HAVEN" "${REMOTE_OPTS[@]}" -r "$repo" init) ;;
+        haven:backup) CMD=("$HAVEN" "${REMOTE_OPTS[@]}" -r "$repo" backup "$live") ;;
+        haven:restore) CMD=("$HAVEN" "${REMOTE_OPTS[@]}" -r "$repo" restore latest --target "$RESTORE") ;;
+        haven:check) CMD=("$HAVEN" "${REMOTE_OPTS[@]}" -r "$repo" check --read-data) ;;
+        haven:forget_prune) CMD=("$HAVEN" "${REMOTE_OPTS[@]}" -r "$repo" forget --keep-last 1 --prune) ;;
+        restic:init) CMD=(restic "${REMOTE_OPTS[@]}" -r "$repo" init --repository-version 2) ;;
+        restic:backup) CMD=(restic "${REMOTE_OPTS[@]}" -r "$repo" backup "$live") ;;
+        restic:restore) CMD=(restic "${REMOTE_OPTS[@]}" -r "$repo" restore latest --target "$RESTORE") ;;
+        restic:check) CMD=(restic "${REMOTE_OPTS[@]}" -r "$repo" check --read-data) ;;
+        restic:forget_prune) CMD=(restic "${REMOTE_OPTS[@]}" -r "$repo" forget --keep-last 1 --prune) ;;
         borg:init) CMD=(borg init -e repokey "$repo") ;;
         borg:backup) CMD=(borg create --compression zstd,3 "$repo::snap$BORG_N" "$live") ;;
         borg:restore) CMD=(borg extract "$repo::snap$BORG_N") ;;
@@ -419,23 +500,29 @@ run_tool() {
         # A fresh bucket per round, corpus and tool; the tool's init creates it (both haven and restic do).
         S3_BUCKET="bench-r$round-$corpus-$tool" S3_PREFIX=repo
         repo="s3:$S3_ENDPOINT/$S3_BUCKET/$S3_PREFIX"
+        REPO_DIR=""
         weed_shell "s3.bucket.delete -name $S3_BUCKET" || true
     else
-        repo="$BENCH_DIR/repos/$tool-$corpus"
-        rm -rf "$repo"
+        REPO_DIR="$BENCH_DIR/repos/$tool-$corpus"
+        rm -rf "$REPO_DIR"
+        repo=$REPO_DIR
+        if [ "$SFTP" = 1 ]; then
+            # The same directory, reached through the loopback sshd (see start_sshd).
+            if [ "$tool" = borg ]; then repo="ssh://havenbench$REPO_DIR"; else repo="sftp:havenbench:$REPO_DIR"; fi
+        fi
     fi
     rm -rf "$live" "$tmp" "$RESTORE"
     mkdir -p "$BENCH_DIR/live" "$BENCH_DIR/repos" "$tmp/cache" "$tmp/borg" "$RESTORE"
     cp -a "$dir/v1" "$live"
     find "$live" -type f -print0 | xargs -0 -r cat >/dev/null    # warm the page cache
     export RESTIC_CACHE_DIR="$tmp/cache" XDG_CACHE_HOME="$tmp/cache" BORG_BASE_DIR="$tmp/borg"
-    log "round $round / $corpus / $tool$([ "$S3" = 1 ] && echo " (repository $repo)")"
+    log "round $round / $corpus / $tool$([ "$repo" != "$REPO_DIR" ] && echo " (repository $repo)")"
     run_steps "$round" "$corpus" "$tool" "$repo" "$live"
     rm -rf "$live" "$tmp" "$RESTORE"
     if [ "$S3" = 1 ]; then
         weed_shell "s3.bucket.delete -name $S3_BUCKET" || log "  could not delete bucket $S3_BUCKET (see $S3DIR/shell.log)"
     else
-        rm -rf "$repo"
+        rm -rf "$REPO_DIR"
     fi
 }
 
@@ -474,10 +561,10 @@ run_steps() {
     local round=$1 corpus=$2 tool=$3 repo=$4 live=$5
     BORG_N=0
     tool_cmd "$tool" init "$repo" "$live"; timed "$round" "$corpus" "$tool" init "${CMD[@]}" || return 0
-    share_polynomial "$round" "$tool" "$repo" || return 0
+    share_polynomial "$round" "$tool" "$REPO_DIR" || return 0
     BORG_N=1
     tool_cmd "$tool" backup "$repo" "$live"; timed "$round" "$corpus" "$tool" backup1 "${CMD[@]}" || return 0
-    record_size "$round" "$corpus" "$tool" after_first "$repo"
+    record_size "$round" "$corpus" "$tool" after_first "$REPO_DIR"
     BORG_N=2
     tool_cmd "$tool" backup "$repo" "$live"; timed "$round" "$corpus" "$tool" backup_unchanged "${CMD[@]}" || return 0
     next_version "$corpus" "$live" >>"$LOGDIR/r$round-$corpus-$tool-next.log"
@@ -485,10 +572,10 @@ run_steps() {
     find "$live" -type f -print0 | xargs -0 -r cat >/dev/null
     BORG_N=3
     tool_cmd "$tool" backup "$repo" "$live"; timed "$round" "$corpus" "$tool" backup_next "${CMD[@]}" || return 0
-    record_size "$round" "$corpus" "$tool" after_backups "$repo"
+    record_size "$round" "$corpus" "$tool" after_backups "$REPO_DIR"
     # Untimed: the repository in the page cache too, as the corpus is. Haven writes its packs around the
     # cache while restic's stay in it after a backup, so without this Haven alone would restore from disk.
-    if [ "$S3" != 1 ] && [ -d "$repo" ]; then find "$repo" -type f -print0 | xargs -0 -r cat >/dev/null; fi
+    if [ -n "$REPO_DIR" ] && [ -d "$REPO_DIR" ]; then find "$REPO_DIR" -type f -print0 | xargs -0 -r cat >/dev/null; fi
     tool_cmd "$tool" restore "$repo" "$live"
     if STEP_CWD="$RESTORE" timed "$round" "$corpus" "$tool" restore "${CMD[@]}"; then
         local dl="$LOGDIR/r$round-$corpus-$tool-diff.log"
@@ -506,9 +593,9 @@ run_steps() {
     fi
     rm -rf "$RESTORE"
     tool_cmd "$tool" check "$repo" "$live"; timed "$round" "$corpus" "$tool" check "${CMD[@]}" || true
-    if [ "$tool" = haven ]; then record_index "$round" "$corpus" "$repo"; fi
+    if [ "$tool" = haven ]; then record_index "$round" "$corpus" "${REPO_DIR:-$repo}"; fi
     tool_cmd "$tool" forget_prune "$repo" "$live"
-    if timed "$round" "$corpus" "$tool" forget_prune "${CMD[@]}"; then record_size "$round" "$corpus" "$tool" after_prune "$repo"; fi
+    if timed "$round" "$corpus" "$tool" forget_prune "${CMD[@]}"; then record_size "$round" "$corpus" "$tool" after_prune "$REPO_DIR"; fi
 }
 
 # Chunk boundaries depend on each repository's random chunker polynomial, and so does how much a changed
@@ -589,7 +676,7 @@ START=$SECONDS
 ensure_tools
 if uses haven; then build_haven; fi
 OUT="$BENCH_DIR/results/$(date -u +%Y%m%dT%H%M%SZ)"
-if [ "$S3" = 1 ]; then OUT="$OUT-s3"; fi
+if [ "$S3" = 1 ]; then OUT="$OUT-s3"; elif [ "$SFTP" = 1 ]; then OUT="$OUT-sftp"; fi
 LOGDIR="$OUT/logs"
 mkdir -p "$LOGDIR"
 export HAVEN_PASSWORD=bench-password RESTIC_PASSWORD=bench-password BORG_PASSPHRASE=bench-password
@@ -613,7 +700,7 @@ if uses haven && uses restic; then
 fi
 setup_restore_fs
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
-trap 'stop_weed; teardown_restore_fs' EXIT
+trap 'stop_weed; stop_sshd; teardown_restore_fs' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 log "mode $MODE, $ROUNDS round(s), corpora: $CORPORA, tools: $TOOLS, storage: $STORAGE; raw results in $OUT"
@@ -624,6 +711,12 @@ for c in $CORPORA; do
 done
 
 [ "$S3" = 1 ] && start_weed
+# The options that point haven and restic at the loopback sshd (borg gets BORG_RSH).
+REMOTE_OPTS=()
+if [ "$SFTP" = 1 ]; then
+    start_sshd
+    REMOTE_OPTS=(-o "sftp.command=ssh -F $SSH_CFG havenbench -s sftp")
+fi
 
 for round in $(seq 1 "$ROUNDS"); do
     make_polynomial_source "$round"
@@ -654,6 +747,7 @@ done
         printf 'polynomial\t%s\n' "Haven and restic use the same one in each round (a new one per round), copied untimed after the timed init from a throwaway restic repository, so the size ratio compares the tools rather than two random draws of chunk boundaries"
     fi
     if [ "$S3" = 1 ]; then printf 'seaweedfs_version\t%s\n' "$(weed_version)"; fi
+    if [ "$SFTP" = 1 ]; then printf 'openssh_version\t%s\n' "$(sshd_version)"; fi
     not_run=""
     for t in haven restic borg; do
         uses "$t" && continue
@@ -676,6 +770,7 @@ for c in $CORPORA; do
 done
 
 stop_weed
+stop_sshd
 
 rc=0
 python3 "$HERE/report.py" "$OUT" "$RESULTS_MD" || rc=$?
