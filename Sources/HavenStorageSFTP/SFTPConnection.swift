@@ -343,7 +343,12 @@ final class SFTPConnection: @unchecked Sendable {
         writePacket(w.finished())
         let timeout = requestTimeout
         let location = self.location
-        DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { [weak self] in
+        // The timer holds the reply weakly: while the request is pending, `pending` keeps it; once
+        // answered and consumed it must go, with its data, rather than live until the timer fires (a
+        // strong capture kept every read's data for the whole timeout: a restore over SFTP held up to
+        // everything it had read in that time).
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { [weak self, weak reply] in
+            guard let reply else { return }
             let err = HavenError(.io, "SFTP request to \(location) timed out after \(Int(timeout)) s", transient: true)
             if reply.complete(.failure(err)) { self?.shutdown(err) }
         }

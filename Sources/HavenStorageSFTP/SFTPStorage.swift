@@ -64,7 +64,7 @@ public final class SFTPStorage: Storage {
 
     // MARK: Connection
 
-    private func connection() async throws -> SFTPConnection {
+    func connection() async throws -> SFTPConnection {
         let task = current.withLock { t -> Task<SFTPConnection, any Error> in
             if let t { return t }
             let command = self.command, location = self.location
