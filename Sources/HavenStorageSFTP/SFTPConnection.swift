@@ -309,6 +309,28 @@ final class SFTPConnection: @unchecked Sendable {
         shutdown(HavenError(.io, "the SFTP connection to \(location) was closed", transient: true))
     }
 
+    /// Closes the session the way a command ends: end of input first, so ssh closes the channel and exits
+    /// by itself, then waits for it to be reaped (SIGTERM after 2 s, SIGKILL after 4 s if it has not).
+    /// Returning before ssh is gone would leave it running behind the command, orphaned, with its exit
+    /// unobserved.
+    func closeAndWait() async {
+        let error = HavenError(.io, "the SFTP connection to \(location) was closed", transient: true)
+        let pending = state.withLock { s -> [Reply] in
+            if s.failure == nil { s.failure = error }
+            defer { s.pending = [:] }
+            return Array(s.pending.values)
+        }
+        versionReply.complete(.failure(error))
+        for p in pending { p.complete(.failure(error)) }
+        writeLock.withLock { closed in
+            child.closeStdin()
+            closed = true
+        }
+        child.signal(SIGTERM, ifRunningAfter: 2)
+        child.signal(SIGKILL, ifRunningAfter: 4)
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in child.onExit { c.resume() } }
+    }
+
     private func writePacket(_ bytes: [UInt8]) {
         let fd = child.stdin
         let ok: Bool = writeLock.withLock { closed in

@@ -56,10 +56,10 @@ public final class SFTPStorage: Storage {
         Task { [task] in (try? await task?.value)?.close() }
     }
 
-    /// Ends the SSH session (a later operation opens a new one).
+    /// Ends the SSH session and waits for ssh to exit (a later operation opens a new one).
     public func close() async {
         let task = current.withLock { t -> Task<SFTPConnection, any Error>? in defer { t = nil }; return t }
-        (try? await task?.value)?.close()
+        await (try? await task?.value)?.closeAndWait()
     }
 
     // MARK: Connection

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import HavenCore
 import HavenBackends
+import Synchronization
 
 /// Options every command accepts, in restic's spelling.
 struct GlobalOptions: ParsableArguments {
@@ -118,9 +119,12 @@ struct GlobalOptions: ParsableArguments {
             uploadBytesPerSecond: limitUpload.map { $0 * 1024 }, downloadBytesPerSecond: limitDownload.map { $0 * 1024 })
     }
 
-    /// The storage at `location` with this command's -o options, retries and rate limits.
+    /// The storage at `location` with this command's -o options, retries and rate limits. It is closed
+    /// when the command ends (`OpenedStorages`).
     func storage(at location: String) throws -> any Storage {
-        try Backends.open(location, options: try Backends.parseOptions(backendOptions), decorations: decorations)
+        let storage = try Backends.open(location, options: try Backends.parseOptions(backendOptions), decorations: decorations)
+        OpenedStorages.add(storage)
+        return storage
     }
 
     func storage() throws -> any Storage {
@@ -239,5 +243,23 @@ enum Terminal {
         var ws = winsize()
         if ioctl(1, UInt(TIOCGWINSZ), &ws) == 0, ws.ws_col > 10 { return Int(ws.ws_col) }
         return 80
+    }
+}
+
+/// The storages a command opened, closed before it exits: an SFTP session ends and its ssh is reaped
+/// (rather than left running, orphaned, after the command), S3's HTTP client shuts down.
+enum OpenedStorages {
+    private static let opened = Mutex<[any Storage]>([])
+
+    static func add(_ storage: any Storage) {
+        opened.withLock { $0.append(storage) }
+    }
+
+    static func closeAll() async {
+        let all = opened.withLock { list in
+            defer { list = [] }
+            return list
+        }
+        for storage in all { await Backends.close(storage) }
     }
 }

@@ -26,7 +26,15 @@ struct Main {
                 // SIGINT and SIGTERM cancel the command, which releases its lock and leaves the repository
                 // consistent (what was uploaded is reused next time); a second signal exits at once.
                 nonisolated(unsafe) var running = asyncCommand
-                let task = Task { try await running.run() }
+                let task = Task {
+                    do {
+                        try await running.run()
+                    } catch {
+                        await OpenedStorages.closeAll()
+                        throw error
+                    }
+                    await OpenedStorages.closeAll()
+                }
                 let signals = SignalWatcher([SIGINT, SIGTERM]) { _ in
                     if task.isCancelled { exit(130) }
                     task.cancel()

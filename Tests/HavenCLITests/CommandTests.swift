@@ -8,6 +8,31 @@ import Glibc
 /// The commands' options, run through the built binary.
 @Suite("Commands")
 struct CommandTests {
+    @Test("an SFTP session's process is ended and reaped before haven exits, not left running behind it",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/lib/openssh/sftp-server"), "needs openssh-server"),
+          .timeLimit(.minutes(1)))
+    func sftpSessionEndsWithTheCommand() async throws {
+        let cli = try CLI()
+        let tmp = TempDir("cmd-sftp")
+        let src = tmp.sub("src")
+        try Fixture.mkdir(src)
+        try Fixture.write(src + "/a.txt", Array("a\n".utf8))
+        let pidFile = tmp.sub("session.pid")
+        // OpenSSH's SFTP server on stdin and stdout, without ssh, inside a wrapper that stays on (as a
+        // sleep, same PID) after the server has seen the end of its input.
+        let command = "sh -c 'echo $$ > \(pidFile); /usr/lib/openssh/sftp-server; exec sleep 30'"
+        let repo = "sftp:localhost:" + tmp.sub("repo")
+        for args in [["init"], ["backup", src], ["snapshots"]] {
+            try? FileManager.default.removeItem(atPath: pidFile)
+            try await cli.ok(["-r", repo, "--no-cache", "-o", "sftp.command=" + command] + args)
+            let text = try String(contentsOfFile: pidFile, encoding: .utf8)
+            let pid = try #require(Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), "pid file: \(text)")
+            let alive = kill(pid, 0) == 0
+            #expect(!alive, "haven \(args[0]) exited while its SFTP session (pid \(pid)) still ran")
+            if alive { kill(pid, SIGKILL) }
+        }
+    }
+
     /// A repository with a small source tree.
     struct Setup {
         let cli: CLI
