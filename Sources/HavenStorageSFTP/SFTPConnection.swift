@@ -83,7 +83,12 @@ final class SFTPConnection: @unchecked Sendable {
         }
         signal(SIGPIPE, SIG_IGN)
         do {
-            child = try Subprocess([executable] + Array(command.dropFirst()))
+            // ssh starts with SIGINT ignored (set by a shell that then becomes ssh; ssh keeps an ignored
+            // SIGINT as it is). Ctrl-C in a terminal goes to the whole process group: it must stop the
+            // command, which then removes its lock and saves its index over this very session, not kill
+            // ssh under it. ssh stays in the terminal's foreground group, so it can still ask for a
+            // password when the command allows it.
+            child = try Subprocess(["/bin/sh", "-c", "trap '' INT; exec \"$@\"", "sh", executable] + Array(command.dropFirst()))
         } catch let e as HavenError {
             throw HavenError(.io, "cannot start `\(commandLine)` for \(location): \(e.message)")
         }

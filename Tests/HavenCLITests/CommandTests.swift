@@ -1,4 +1,5 @@
 import Foundation
+import HavenCore
 import HavenTestSupport
 import Testing
 #if canImport(Glibc)
@@ -8,6 +9,54 @@ import Glibc
 /// The commands' options, run through the built binary.
 @Suite("Commands")
 struct CommandTests {
+    @Test("Ctrl-C during a backup over SFTP cancels it cleanly: the session survives the signal, the lock is removed, exit 130",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/lib/openssh/sftp-server"), "needs openssh-server"),
+          .timeLimit(.minutes(1)))
+    func sftpInterrupt() async throws {
+        let cli = try CLI()
+        let tmp = TempDir("cmd-sftp-int")
+        let src = tmp.sub("src")
+        try Fixture.mkdir(src)
+        for i in 0..<8 { try Fixture.write(src + "/f\(i).bin", SeededRandom.bytes(seed: UInt64(40 + i), 4 << 20)) }
+        let pidFile = tmp.sub("server.pid")
+        let command = "sh -c 'echo $$ > \(pidFile); exec /usr/lib/openssh/sftp-server'"
+        let repo = "sftp:localhost:" + tmp.sub("repo")
+        try await cli.ok(["-r", repo, "--no-cache", "-o", "sftp.command=" + command, "init"])
+        try FileManager.default.removeItem(atPath: pidFile)
+        // The backup leads a process group of its own, as a command started from a terminal does, and its
+        // SFTP server is in that group too.
+        let child = try Subprocess([cli.haven, "-q", "-r", repo, "--no-cache", "-o", "sftp.command=" + command, "backup", src],
+                                   environment: ProcessInfo.processInfo.environment.merging(cli.env) { $1 },
+                                   newProcessGroup: true)
+        var server: Int32?
+        for _ in 0..<2000 where server == nil {
+            server = (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            if server == nil { try await Task.sleep(for: .milliseconds(5)) }
+        }
+        let serverPID = try #require(server, "the backup's SFTP server did not start")
+        // Freeze the server as soon as it runs, so the backup cannot finish; press Ctrl-C (SIGINT to the
+        // whole group); then let the server go on.
+        kill(serverPID, SIGSTOP)
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(child.exitCode == nil, "the backup ended before it could be interrupted")
+        child.signal(SIGINT)
+        try await Task.sleep(for: .milliseconds(300))
+        kill(serverPID, SIGCONT)
+        for _ in 0..<600 where child.exitCode == nil { try await Task.sleep(for: .milliseconds(50)) }
+        if child.exitCode == nil { _ = child.terminate() }
+        let stderr = String(decoding: FileHandle(fileDescriptor: child.stderr, closeOnDealloc: false).readDataToEndOfFile(), as: UTF8.self)
+        #expect(child.exitCode == 130, "exit \(child.exitCode.map(String.init) ?? "none"): \(stderr)")
+        #expect(stderr.contains("cancelled") || stderr.contains("interrupted"), "\(stderr)")
+        #expect(!stderr.contains("SFTP connection"), "the SFTP session died with the signal: \(stderr)")
+        // The cancelled backup removed its lock and saved its index over the same session: the server
+        // ignored the SIGINT. (Killed by it, the server would have had to be started again, writing a new
+        // PID into the file.)
+        let after = (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        #expect(after == serverPID, "the SFTP server \(serverPID) did not survive Ctrl-C; a new session (\(after.map(String.init) ?? "none")) was opened")
+        let locks = (try? FileManager.default.contentsOfDirectory(atPath: tmp.sub("repo/locks"))) ?? []
+        #expect(locks.isEmpty, "lock files left: \(locks)")
+    }
+
     @Test("an SFTP session's process is ended and reaped before haven exits, not left running behind it",
           .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/lib/openssh/sftp-server"), "needs openssh-server"),
           .timeLimit(.minutes(1)))
