@@ -291,16 +291,21 @@ final class SFTPConnection: @unchecked Sendable {
         return ""
     }
 
-    /// Fails every outstanding request with `error` and stops ssh.
-    func shutdown(_ error: HavenError) {
-        let pending = state.withLock { s -> [Reply] in
+    /// Fails every outstanding request (and later ones) with the session's first failure, `error` unless
+    /// one came before.
+    private func failRequests(_ error: HavenError) {
+        let (pending, err) = state.withLock { s -> ([Reply], HavenError) in
             if s.failure == nil { s.failure = error }
             defer { s.pending = [:] }
-            return Array(s.pending.values)
+            return (Array(s.pending.values), s.failure!)
         }
-        let err = state.withLock { $0.failure! }
         versionReply.complete(.failure(err))
         for p in pending { p.complete(.failure(err)) }
+    }
+
+    /// Fails every outstanding request with `error` and stops ssh.
+    func shutdown(_ error: HavenError) {
+        failRequests(error)
         // Stop ssh first: that also unblocks a writer stuck on a full pipe, so the lock below is free soon.
         terminate()
         writeLock.withLock { closed in
@@ -319,14 +324,7 @@ final class SFTPConnection: @unchecked Sendable {
     /// Returning before ssh is gone would leave it running behind the command, orphaned, with its exit
     /// unobserved.
     func closeAndWait() async {
-        let error = HavenError(.io, "the SFTP connection to \(location) was closed", transient: true)
-        let pending = state.withLock { s -> [Reply] in
-            if s.failure == nil { s.failure = error }
-            defer { s.pending = [:] }
-            return Array(s.pending.values)
-        }
-        versionReply.complete(.failure(error))
-        for p in pending { p.complete(.failure(error)) }
+        failRequests(HavenError(.io, "the SFTP connection to \(location) was closed", transient: true))
         writeLock.withLock { closed in
             child.closeStdin()
             closed = true

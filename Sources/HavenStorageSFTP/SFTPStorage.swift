@@ -323,10 +323,8 @@ public final class SFTPStorage: Storage {
             if case .spool(let file) = content {
                 piece = try [UInt8](unsafeUninitializedCapacity: end - off) { buffer, count in
                     count = 0
-                    count = try file.read(into: UnsafeMutableRawBufferPointer(buffer), at: off)
-                }
-                guard piece.count == end - off else {
-                    throw HavenError(.io, "a temporary pack file in \(file.directory) is shorter than what was written (\(off + piece.count) of \(size) bytes)")
+                    try file.read(into: UnsafeMutableRawBufferPointer(buffer), at: off)
+                    count = end - off
                 }
             }
             inFlight.append(try c.send(SFTP.write) { w in

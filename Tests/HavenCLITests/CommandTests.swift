@@ -9,28 +9,51 @@ import Glibc
 /// The commands' options, run through the built binary.
 @Suite("Commands")
 struct CommandTests {
+    /// A repository reached over SFTP through OpenSSH's SFTP server run directly on stdin and stdout (no
+    /// ssh or sshd), wrapped in a shell that writes its PID to a file.
+    struct SFTPSetup {
+        static let server = "/usr/lib/openssh/sftp-server"
+        static var available: Bool { FileManager.default.isExecutableFile(atPath: server) }
+
+        let cli: CLI
+        let tmp: TempDir
+        var src: String { tmp.sub("src") }
+        var pidFile: String { tmp.sub("server.pid") }
+        var repo: String { "sftp:localhost:" + tmp.sub("repo") }
+
+        init(_ name: String) throws {
+            cli = try CLI()
+            tmp = TempDir(name)
+            try Fixture.mkdir(tmp.sub("src"))
+        }
+
+        /// haven's options for the repository; `after` runs in the wrapper once the server has ended.
+        func options(after: String? = nil) -> [String] {
+            let run = after.map { "\(Self.server); \($0)" } ?? "exec \(Self.server)"
+            return ["-r", repo, "--no-cache", "-o", "sftp.command=sh -c 'echo $$ > \(pidFile); \(run)'"]
+        }
+
+        /// The PID the last session's wrapper wrote, if any.
+        func serverPID() -> Int32? {
+            (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        }
+    }
+
     @Test("Ctrl-C during a backup over SFTP cancels it cleanly: the session survives the signal, the lock is removed, exit 130",
-          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/lib/openssh/sftp-server"), "needs openssh-server"),
-          .timeLimit(.minutes(1)))
+          .enabled(if: SFTPSetup.available, "needs openssh-server"), .timeLimit(.minutes(1)))
     func sftpInterrupt() async throws {
-        let cli = try CLI()
-        let tmp = TempDir("cmd-sftp-int")
-        let src = tmp.sub("src")
-        try Fixture.mkdir(src)
-        for i in 0..<8 { try Fixture.write(src + "/f\(i).bin", SeededRandom.bytes(seed: UInt64(40 + i), 4 << 20)) }
-        let pidFile = tmp.sub("server.pid")
-        let command = "sh -c 'echo $$ > \(pidFile); exec /usr/lib/openssh/sftp-server'"
-        let repo = "sftp:localhost:" + tmp.sub("repo")
-        try await cli.ok(["-r", repo, "--no-cache", "-o", "sftp.command=" + command, "init"])
-        try FileManager.default.removeItem(atPath: pidFile)
+        let s = try SFTPSetup("cmd-sftp-int")
+        for i in 0..<8 { try Fixture.write(s.src + "/f\(i).bin", SeededRandom.bytes(seed: UInt64(40 + i), 4 << 20)) }
+        try await s.cli.ok(s.options() + ["init"])
+        try FileManager.default.removeItem(atPath: s.pidFile)
         // The backup leads a process group of its own, as a command started from a terminal does, and its
         // SFTP server is in that group too.
-        let child = try Subprocess([cli.haven, "-q", "-r", repo, "--no-cache", "-o", "sftp.command=" + command, "backup", src],
-                                   environment: ProcessInfo.processInfo.environment.merging(cli.env) { $1 },
+        let child = try Subprocess([s.cli.haven, "-q"] + s.options() + ["backup", s.src],
+                                   environment: ProcessInfo.processInfo.environment.merging(s.cli.env) { $1 },
                                    newProcessGroup: true)
         var server: Int32?
         for _ in 0..<2000 where server == nil {
-            server = (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            server = s.serverPID()
             if server == nil { try await Task.sleep(for: .milliseconds(5)) }
         }
         let serverPID = try #require(server, "the backup's SFTP server did not start")
@@ -51,31 +74,22 @@ struct CommandTests {
         // The cancelled backup removed its lock and saved its index over the same session: the server
         // ignored the SIGINT. (Killed by it, the server would have had to be started again, writing a new
         // PID into the file.)
-        let after = (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        let after = s.serverPID()
         #expect(after == serverPID, "the SFTP server \(serverPID) did not survive Ctrl-C; a new session (\(after.map(String.init) ?? "none")) was opened")
-        let locks = (try? FileManager.default.contentsOfDirectory(atPath: tmp.sub("repo/locks"))) ?? []
+        let locks = (try? FileManager.default.contentsOfDirectory(atPath: s.tmp.sub("repo/locks"))) ?? []
         #expect(locks.isEmpty, "lock files left: \(locks)")
     }
 
     @Test("an SFTP session's process is ended and reaped before haven exits, not left running behind it",
-          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/lib/openssh/sftp-server"), "needs openssh-server"),
-          .timeLimit(.minutes(1)))
+          .enabled(if: SFTPSetup.available, "needs openssh-server"), .timeLimit(.minutes(1)))
     func sftpSessionEndsWithTheCommand() async throws {
-        let cli = try CLI()
-        let tmp = TempDir("cmd-sftp")
-        let src = tmp.sub("src")
-        try Fixture.mkdir(src)
-        try Fixture.write(src + "/a.txt", Array("a\n".utf8))
-        let pidFile = tmp.sub("session.pid")
-        // OpenSSH's SFTP server on stdin and stdout, without ssh, inside a wrapper that stays on (as a
-        // sleep, same PID) after the server has seen the end of its input.
-        let command = "sh -c 'echo $$ > \(pidFile); /usr/lib/openssh/sftp-server; exec sleep 30'"
-        let repo = "sftp:localhost:" + tmp.sub("repo")
-        for args in [["init"], ["backup", src], ["snapshots"]] {
-            try? FileManager.default.removeItem(atPath: pidFile)
-            try await cli.ok(["-r", repo, "--no-cache", "-o", "sftp.command=" + command] + args)
-            let text = try String(contentsOfFile: pidFile, encoding: .utf8)
-            let pid = try #require(Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), "pid file: \(text)")
+        let s = try SFTPSetup("cmd-sftp")
+        try Fixture.write(s.src + "/a.txt", Array("a\n".utf8))
+        // The wrapper stays on (as a sleep, same PID) after the server has seen the end of its input.
+        for args in [["init"], ["backup", s.src], ["snapshots"]] {
+            try? FileManager.default.removeItem(atPath: s.pidFile)
+            try await s.cli.ok(s.options(after: "exec sleep 30") + args)
+            let pid = try #require(s.serverPID(), "no PID written")
             let alive = kill(pid, 0) == 0
             #expect(!alive, "haven \(args[0]) exited while its SFTP session (pid \(pid)) still ran")
             if alive { kill(pid, SIGKILL) }

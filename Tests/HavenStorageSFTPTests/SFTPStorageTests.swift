@@ -160,6 +160,9 @@ struct SFTPStorageTests {
                 #expect(try await reply.value().type == SFTP.name)
                 answered = reply
             }
+            // The reader thread lets go of the reply just after resuming its waiter: allow it a moment
+            // (the timer would hold it for the whole 120 s).
+            for _ in 0..<100 where answered != nil { try await Task.sleep(for: .milliseconds(20)) }
             #expect(answered == nil, "the reply outlived its reader")
             // The same through the storage: the data it loaded is whole, and the session still works.
             #expect(try await s.storage.load(h) == data)

@@ -271,12 +271,14 @@ public final class SpoolFile: @unchecked Sendable {
         return hasher.finalize()
     }
 
-    /// Reads up to `buffer.count` bytes of the content at `offset` (for storages that upload it in
-    /// pieces); returns the bytes read, fewer only at the end. Safe from any thread once nothing more is
-    /// written.
-    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws -> Int {
+    /// Fills `buffer` with the content at `offset` (for storages that upload it in pieces). A file
+    /// shorter than what was written is an error. Safe from any thread once nothing more is written.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws {
         try flush()
-        return try FileSystem.preadFully(fd, buffer, offset: offset, path: "a temporary pack file in \(directory)")
+        let got = try FileSystem.preadFully(fd, buffer, offset: offset, path: "a temporary pack file in \(directory)")
+        guard got == buffer.count else {
+            throw HavenError(.io, "a temporary pack file in \(directory) is shorter than what was written (\(offset + got) of \(size) bytes)")
+        }
     }
 
     /// Reads the whole content (for storages that upload from memory).
