@@ -4,6 +4,7 @@ import Foundation
 import HavenCore
 import NIOCore
 import NIOHTTP1
+import Synchronization
 
 /// A repository in an S3 bucket (AWS, MinIO, SeaweedFS, ...), laid out like restic's: `<prefix>/data/ab/<id>`,
 /// `<prefix>/keys/<id>`, `<prefix>/config`, ...
@@ -23,9 +24,13 @@ public final class S3Storage: Storage, @unchecked Sendable {
     private let connectionCount: Int
     private let client: HTTPClient
     private let state = ShutdownState()
+    private let requestCount = Atomic<Int>(0)
+
+    /// HTTP requests sent so far, retries included (each is a round trip, and object stores bill by request).
+    public var requestsSent: Int { requestCount.load(ordering: .relaxed) }
 
     public var location: String { endpoint.description }
-    public var properties: StorageProperties { StorageProperties(connections: connectionCount, atomicReplace: true) }
+    public var properties: StorageProperties { StorageProperties(connections: connectionCount, atomicReplace: true, streamedReads: true) }
 
     public init(location: S3Location, credentials: S3Credentials, storageClass: String? = nil,
                 multipartThreshold: Int = 64 << 20, partSize: Int = 16 << 20, connections: Int = 5, maxAttempts: Int = 3,
@@ -178,6 +183,41 @@ public final class S3Storage: Storage, @unchecked Sendable {
         default:
             throw failure(r, "reading \(handle)")
         }
+    }
+
+    /// One GET for the whole range, its body consumed as the reader asks for it (the HTTP client stops
+    /// reading from the connection while the reader does not ask, so memory stays bounded).
+    public func reader(_ handle: Handle, offset: Int, length: Int) async throws -> any StorageReader {
+        guard offset >= 0, length >= 0 else {
+            throw HavenError(.invalidArgument, "invalid range for \(handle): offset \(offset) length \(length)")
+        }
+        return S3Reader(self, handle, offset: offset, length: length)
+    }
+
+    /// Opens the body of `length` bytes of `handle` at `offset`, and how many leading bytes of it to skip
+    /// (a server that ignores the range sends the whole object).
+    fileprivate func openRange(_ handle: Handle, offset: Int, length: Int) async throws -> (HTTPClientResponse.Body, skip: Int) {
+        let headers = [("range", "bytes=\(offset)-\(offset + length - 1)")]
+        let (r, response) = try await sendStreaming(.GET, key: endpoint.key(handle.path), headers: headers, what: "reading \(handle)")
+        if let response, r.status == 200 || r.status == 206 {
+            return (response.body, r.status == 200 ? offset : 0)
+        }
+        if r.status == 416 {
+            let size = try await stat(handle)
+            throw short(handle, offset: offset, wanted: length, got: max(0, size - offset))
+        }
+        throw failure(r, "reading \(handle)")
+    }
+
+    fileprivate func shortRead(_ handle: Handle, offset: Int, wanted: Int, got: Int) -> HavenError {
+        short(handle, offset: offset, wanted: wanted, got: got)
+    }
+
+    fileprivate func connectionFailure(_ error: any Error, reading handle: Handle) -> HavenError {
+        if error is CancellationError { return HavenError(.cancelled, "reading \(handle) in \(location) was cancelled") }
+        if let e = error as? HavenError { return e }
+        return HavenError(.io, "the connection to \(endpoint.scheme)://\(endpoint.hostHeader) failed while reading \(handle)",
+                          cause: error, transient: true)
     }
 
     public func stat(_ handle: Handle) async throws -> Int {
@@ -342,6 +382,18 @@ public final class S3Storage: Storage, @unchecked Sendable {
     /// Sends one signed request, retrying 5xx answers and connection failures with backoff.
     func send(_ method: HTTPMethod, key: String?, query: [(String, String)] = [], headers: [(String, String)] = [],
               body: RequestBody? = nil, what: String) async throws -> Response {
+        try await exchange(method, key: key, query: query, headers: headers, body: body, what: what, streaming: false).0
+    }
+
+    /// `send`, but a successful (2xx) answer comes back with its body not read yet (the `Response`'s body
+    /// is then empty): the caller reads it from the `HTTPClientResponse` as it arrives.
+    func sendStreaming(_ method: HTTPMethod, key: String?, headers: [(String, String)] = [],
+                       what: String) async throws -> (Response, HTTPClientResponse?) {
+        try await exchange(method, key: key, headers: headers, what: what, streaming: true)
+    }
+
+    private func exchange(_ method: HTTPMethod, key: String?, query: [(String, String)] = [], headers: [(String, String)] = [],
+                          body: RequestBody? = nil, what: String, streaming: Bool) async throws -> (Response, HTTPClientResponse?) {
         let uriPath = endpoint.uriPath(key: key)
         var url = "\(endpoint.scheme)://\(endpoint.hostHeader)\(uriPath)"
         if !query.isEmpty {
@@ -372,14 +424,18 @@ public final class S3Storage: Storage, @unchecked Sendable {
             case .file(let pieces, _): request.body = .stream(pieces, length: .known(Int64(pieces.range.count)))
             }
             do {
+                requestCount.add(1, ordering: .relaxed)
                 let response = try await client.execute(request, timeout: .minutes(30))
-                let result = Response(status: Int(response.status.code), headers: response.headers,
-                                      body: try await Self.collect(response))
+                let status = Int(response.status.code)
+                if streaming && (200..<300).contains(status) {
+                    return (Response(status: status, headers: response.headers, body: []), response)
+                }
+                let result = Response(status: status, headers: response.headers, body: try await Self.collect(response))
                 if (result.status >= 500 || result.status == 429 || result.status == 408) && attempt < maxAttempts {
                     try await backoff(attempt)
                     continue
                 }
-                return result
+                return (result, nil)
             } catch let e as HavenError {
                 throw e
             } catch is CancellationError {
@@ -468,5 +524,73 @@ struct SpoolPieces: AsyncSequence, Sendable {
         var hasher = SHA256()
         for try await piece in self { piece.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) } }
         return SigV4.hex(hasher.finalize())
+    }
+}
+
+/// A range of an object read through one GET (see `S3Storage.reader`). The request is sent at the first
+/// read; a failure mid-way leaves the reader unusable (a `RetryingStorage` above opens a new one at the
+/// position reached).
+final class S3Reader: StorageReader {
+    private let storage: S3Storage
+    private let handle: Handle
+    private var offset: Int
+    private(set) var remaining: Int
+    private var body: HTTPClientResponse.Body.AsyncIterator?
+    private var piece = ByteBuffer()
+    private var skip = 0
+    private var opened = false
+
+    init(_ storage: S3Storage, _ handle: Handle, offset: Int, length: Int) {
+        self.storage = storage
+        self.handle = handle
+        self.offset = offset
+        self.remaining = length
+    }
+
+    func read(_ count: Int) async throws -> [UInt8] {
+        precondition(count >= 0 && count <= remaining, "read beyond the reader's range")
+        guard count > 0 else { return [] }
+        if !opened {
+            opened = true
+            let (response, skip) = try await storage.openRange(handle, offset: offset, length: remaining)
+            body = response.makeAsyncIterator()
+            self.skip = skip
+        }
+        var out: [UInt8] = []
+        out.reserveCapacity(count)
+        while out.count < count {
+            if piece.readableBytes == 0 {
+                guard var iterator = body else { throw HavenError(.io, "reading \(handle) after a failed read") }
+                body = nil
+                let next: ByteBuffer?
+                do { next = try await iterator.next() } catch {
+                    throw storage.connectionFailure(error, reading: handle)
+                }
+                guard let next else {
+                    throw storage.shortRead(handle, offset: offset, wanted: count, got: out.count)
+                }
+                body = iterator
+                piece = next
+                if skip > 0 {
+                    let n = min(skip, piece.readableBytes)
+                    piece.moveReaderIndex(forwardBy: n)
+                    skip -= n
+                    continue
+                }
+            }
+            let n = min(count - out.count, piece.readableBytes)
+            piece.withUnsafeReadableBytes { out.append(contentsOf: UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+            piece.moveReaderIndex(forwardBy: n)
+        }
+        offset += count
+        remaining -= count
+        return out
+    }
+
+    /// Drops the response: a body not read to its end makes the HTTP client close that connection
+    /// rather than reuse it.
+    func close() async {
+        body = nil
+        piece = ByteBuffer()
     }
 }

@@ -35,6 +35,7 @@ public enum StorageConformance: String, CaseIterable, Sendable, CustomTestString
     case createTwice
     case largeFile
     case spooledSave
+    case sequentialRead
 
     public var testDescription: String {
         switch self {
@@ -48,6 +49,7 @@ public enum StorageConformance: String, CaseIterable, Sendable, CustomTestString
         case .createTwice: return "create succeeds on an empty location and fails once a config exists"
         case .largeFile: return "20 MiB file round trip"
         case .spooledSave: return "a pack saved from a spool file is stored byte for byte"
+        case .sequentialRead: return "a range read front to back in uneven pieces; short and missing files are errors; closed readers let go"
         }
     }
 
@@ -246,6 +248,44 @@ public enum StorageConformance: String, CaseIterable, Sendable, CustomTestString
             try await expectSameBytes(storage.load(h), data[...], "\(at): a spooled pack read back")
             #expect(try await storage.list(.pack) == [StoredFile(name: h.name, size: data.count)], "\(at)")
             #expect(s.leftovers().isEmpty, "\(at): temporary files left: \(s.leftovers())")
+
+        case .sequentialRead:
+            let data = SeededRandom.bytes(seed: 22, (5 << 20) + 777)
+            let h = Handle(.pack, ID.hash(data))
+            try await storage.save(h, data)
+            // From an offset to the end, in pieces that do not line up with any size a storage reads in.
+            let offset = 4099
+            let pieces = [1, 70_000, 1 << 20, 3, (2 << 20) + 5]
+            let back = try await storage.withReader(h, offset: offset, length: data.count - offset) { reader in
+                var out: [UInt8] = []
+                var k = 0
+                while reader.remaining > 0 {
+                    let before = reader.remaining
+                    out += try await reader.read(min(before, pieces[k % pieces.count]))
+                    #expect(reader.remaining == before - min(before, pieces[k % pieces.count]), "\(at): remaining")
+                    k += 1
+                }
+                return out
+            }
+            expectSameBytes(back, data[offset...], "\(at): a range read in pieces")
+            // A range past the end fails at the read that runs out of bytes.
+            for (o, l) in [(data.count - 10, 11), (data.count + 5, 1)] {
+                let e = await expectHavenError("\(at): reader at \(o) length \(l)") {
+                    try await storage.withReader(h, offset: o, length: l) { _ = try await $0.read(l) }
+                }
+                #expect(e?.code == .corrupt, "\(at): reader at \(o) length \(l): \(e.map { "\($0.code): \($0.message)" } ?? "")")
+            }
+            let missing = await expectHavenError("\(at): reader of a missing file") {
+                try await storage.withReader(Handle(.pack, ID.hash([9])), offset: 0, length: 10) { _ = try await $0.read(10) }
+            }
+            #expect(missing?.code == .notFound, "\(at): \(missing.map { "\($0.code): \($0.message)" } ?? "")")
+            // Readers closed after their first piece, more of them than a remote storage keeps connections:
+            // each must let go of what it holds, or these (and the load after them) would wait for ever.
+            for i in 0..<12 {
+                let first = try await storage.withReader(h, offset: i * 1000, length: 4 << 20) { try await $0.read(100) }
+                expectSameBytes(first, data[(i * 1000)..<(i * 1000 + 100)], "\(at): abandoned reader \(i)")
+            }
+            try await expectSameBytes(storage.load(h, offset: 77, length: 1000), data[77..<1077], "\(at): a load after the readers")
         }
     }
 }

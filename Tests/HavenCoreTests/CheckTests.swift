@@ -1,3 +1,4 @@
+import Synchronization
 import Foundation
 import Testing
 @testable import HavenCore
@@ -133,6 +134,29 @@ private func twoSnapshotRepo() async throws -> (CPFixture, [ID]) {
     let b = try await fx.backup([shared, .init(name: "b", blobs: (0..<3).map { _ in blob(&rng) })],
                                 writer: w2, time: cpTime("2024-01-02T10:00:00Z"))
     return (fx, [a, b])
+}
+
+/// Counts pack loads and readers opened.
+private final class CountingStorage: StorageDecorator {
+    let base: any Storage
+    let packLoads = Mutex(0)
+    let readers = Mutex(0)
+    init(_ base: any Storage) { self.base = base }
+    func reset() { packLoads.withLock { $0 = 0 }; readers.withLock { $0 = 0 } }
+    var properties: StorageProperties { base.properties }
+    func create() async throws { try await base.create() }
+    func save(_ handle: Handle, _ data: [UInt8]) async throws { try await base.save(handle, data) }
+    func load(_ handle: Handle, offset: Int, length: Int?) async throws -> [UInt8] {
+        if handle.type == .pack { packLoads.withLock { $0 += 1 } }
+        return try await base.load(handle, offset: offset, length: length)
+    }
+    func reader(_ handle: Handle, offset: Int, length: Int) async throws -> any StorageReader {
+        readers.withLock { $0 += 1 }
+        return try await base.reader(handle, offset: offset, length: length)
+    }
+    func stat(_ handle: Handle) async throws -> Int { try await base.stat(handle) }
+    func list(_ type: FileType) async throws -> [StoredFile] { try await base.list(type) }
+    func remove(_ handle: Handle) async throws { try await base.remove(handle) }
 }
 
 private func packs(_ fx: CPFixture) async throws -> [ID] {
@@ -307,6 +331,56 @@ struct CheckTests {
         #expect(messages.count == 2 && messages[0].contains(ids[2].short), "in pack order: \(messages)")
         let fine = await Checker.run(repository: try await fx.reopen(), options: CheckOptions(readData: .all))
         #expect(fine.damagedBlobs.count == 2, "the damage is in storage, seen again by a fresh repository")
+    }
+
+    @Test("each pack is verified from one read of it, its header taken from the end of that read")
+    func oneReadPerPack() async throws {
+        let (fx, _) = try await twoSnapshotRepo()
+        let counting = CountingStorage(fx.storage)
+        let repo = try await Repository.open(storage: counting, password: CPFixture.password)
+        try await repo.loadIndex()
+        let all = try await packs(fx)
+        // The structure check loads the trees; reading the data adds only the readers.
+        counting.reset()
+        _ = await Checker.run(repository: repo, options: CheckOptions())
+        let structure = counting.packLoads.withLock { $0 }
+        counting.reset()
+        let report = await Checker.run(repository: repo, options: CheckOptions(readData: .all))
+        #expect(!report.hasErrors, "\(report)")
+        #expect(counting.readers.withLock { $0 } == all.count, "one reader per pack")
+        #expect(counting.packLoads.withLock { $0 } == structure, "no pack read apart from its reader")
+        // A header larger than the read window is loaded on its own, and checks the same.
+        counting.reset()
+        var small = CheckOptions(readData: .all)
+        small.readWindow = 64
+        let windowed = await Checker.run(repository: repo, options: small)
+        #expect(!windowed.hasErrors, "\(windowed)")
+        #expect(windowed.statistics.blobsVerified == report.statistics.blobsVerified)
+        #expect(counting.packLoads.withLock { $0 } > structure, "headers over 64 bytes are read apart")
+    }
+
+    @Test("a blob only the pack header lists is reported, and verified too")
+    func blobOnlyInHeader() async throws {
+        let (fx, _) = try await twoSnapshotRepo()
+        // Drop one data blob from the index files (one new index file replaces them).
+        var packsAndBlobs: [IndexFile.Pack] = []
+        for name in try await fx.names(.index) {
+            let id = ID(hex: name)!
+            packsAndBlobs += try IndexFile.decode(try await fx.repo.loadUnpacked(Handle(.index, id)), id: id).packs
+            try await fx.storage.remove(Handle(.index, id))
+        }
+        let k = try #require(packsAndBlobs.firstIndex { p in p.blobs.count > 1 && p.blobs.allSatisfy { $0.type == .data } })
+        let dropped = packsAndBlobs[k].blobs.removeLast()
+        _ = try await fx.repo.saveUnpacked(.index, IndexFile(packs: packsAndBlobs).encoded())
+        let pack = packsAndBlobs[k].id
+        fx.storage.tamper(Handle(.pack, pack)) { bytes in
+            var b = bytes
+            b[Int(dropped.offset) + 40] ^= 0x10
+            return b
+        }
+        let report = await Checker.run(repository: try await fx.reopen(), options: CheckOptions(readData: .all))
+        #expect(report.errors.contains { $0.contains(pack.short) && $0.contains("header lists 1 blob the index does not") }, "\(report)")
+        #expect(report.damagedBlobs.map(\.id) == [dropped.id], "the header-only blob was verified: \(report)")
     }
 
     @Test("a damaged pack header fails read-data without crashing")

@@ -389,6 +389,51 @@ private func hasIssue(_ issues: [RestoreIssue], _ path: String) -> Bool { hasIss
         }
     }
 
+    /// On storage whose reads are best streamed (an object store), the read ranges of a pack that lie
+    /// close together are read through one reader; a reader that fails costs only the range it was on.
+    @Test func streamedReadsShareOneReaderPerPack() async throws {
+        let storage = StreamingStorage(MemoryStorage())
+        let repo = try await Repository.initialize(storage: storage, password: "secret", kdf: .testing)
+        let writer = BlobWriter(repository: repo, packSize: 200_000, compression: .off)
+        let chunks = (0..<12).map { pseudoRandom(30_000 + $0 * 1_000, seed: 200 + UInt64($0)) }
+        var ids: [ID] = []
+        for c in chunks { ids.append(try await writer.save(.data, plaintext: c)) }
+        // Each file one chunk, so a failed range names exactly the files of its blobs.
+        let nodes = (0..<12).map { file("file\($0)", [ids[$0]]) }
+        let root = try await writer.save(.tree, plaintext: Tree(nodes: nodes).encoded())
+        try await writer.flush()
+        let packsWithData = Set(ids.map { repo.index.lookup($0, .data)!.pack })
+        #expect(packsWithData.count >= 2)
+
+        func restore(failingRead: Int?) async throws -> (RestoreResult, String) {
+            let target = makeTempDir("streamed")
+            var options = RestoreOptions(target: target, verify: true)
+            options.maxReadSize = 40_000  // about one blob per range, so each pack has several
+            let plan = try await Restorer.plan(repository: repo, tree: root, options: options)
+            storage.reset(failingRead: failingRead)
+            return (try await Restorer.execute(plan, repository: repo), target)
+        }
+        let (clean, target) = try await restore(failingRead: nil)
+        defer { removeTree(target) }
+        #expect(clean.errors.isEmpty, "\(clean.errors)")
+        for (k, c) in chunks.enumerated() { expectSameBytes(readFile(join(target, "file\(k)")), c, "file\(k)") }
+        #expect(storage.readers.withLock { $0 } == packsWithData.count, "one reader per pack")
+        #expect(storage.reads.withLock { $0 } == 12, "one read per range, no gaps between them")
+        #expect(storage.packLoads.withLock { $0 } == 0)
+
+        // The second read of the first reader fails: that range's file fails, the ranges after it in the
+        // same pack are loaded one by one, and every other file is restored.
+        let (broken, target2) = try await restore(failingRead: 2)
+        defer { removeTree(target2) }
+        #expect(broken.errors.count == 1, "\(broken.errors)")
+        #expect(broken.errors.first?.message.contains("injected") == true, "\(broken.errors)")
+        #expect(broken.filesRestored == 11)
+        #expect(storage.packLoads.withLock { $0 } > 0, "the ranges after the failure were loaded")
+        for (k, c) in chunks.enumerated() where broken.errors.first?.path != bytes("file\(k)") {
+            expectSameBytes(readFile(join(target2, "file\(k)")), c, "file\(k)")
+        }
+    }
+
     @Test func manyPacksOnLocalStorage() async throws {
         let base = makeTempDir("packs")
         defer { removeTree(base) }
@@ -981,4 +1026,66 @@ private func hasIssue(_ issues: [RestoreIssue], _ path: String) -> Bool { hasIss
             #expect(e.code == .cancelled)
         }
     }
+}
+
+/// A storage that says its reads are best streamed, counts readers, their reads and pack loads, and can
+/// fail one read of the first reader.
+private final class StreamingStorage: StorageDecorator, @unchecked Sendable {
+    let base: any Storage
+    let readers = Locked(0)
+    let reads = Locked(0)
+    let packLoads = Locked(0)
+    let failingRead = Locked<Int?>(nil)
+
+    init(_ base: any Storage) { self.base = base }
+
+    func reset(failingRead n: Int?) {
+        readers.withLock { $0 = 0 }
+        reads.withLock { $0 = 0 }
+        packLoads.withLock { $0 = 0 }
+        failingRead.withLock { $0 = n }
+    }
+
+    var properties: StorageProperties {
+        var p = base.properties
+        p.streamedReads = true
+        return p
+    }
+    func create() async throws { try await base.create() }
+    func save(_ handle: Handle, _ data: [UInt8]) async throws { try await base.save(handle, data) }
+    func load(_ handle: Handle, offset: Int, length: Int?) async throws -> [UInt8] {
+        if handle.type == .pack { packLoads.withLock { $0 += 1 } }
+        return try await base.load(handle, offset: offset, length: length)
+    }
+    func reader(_ handle: Handle, offset: Int, length: Int) async throws -> any StorageReader {
+        let first = readers.withLock { $0 += 1; return $0 == 1 }
+        return CountingReader(try await base.reader(handle, offset: offset, length: length), self, failing: first)
+    }
+    func stat(_ handle: Handle) async throws -> Int { try await base.stat(handle) }
+    func list(_ type: FileType) async throws -> [StoredFile] { try await base.list(type) }
+    func remove(_ handle: Handle) async throws { try await base.remove(handle) }
+}
+
+private final class CountingReader: StorageReader {
+    let base: any StorageReader
+    let storage: StreamingStorage
+    let failing: Bool
+    var count = 0
+
+    init(_ base: any StorageReader, _ storage: StreamingStorage, failing: Bool) {
+        self.base = base
+        self.storage = storage
+        self.failing = failing
+    }
+
+    var remaining: Int { base.remaining }
+
+    func read(_ n: Int) async throws -> [UInt8] {
+        count += 1
+        storage.reads.withLock { $0 += 1 }
+        if failing && count == storage.failingRead.withLock({ $0 }) { throw HavenError(.io, "injected read failure") }
+        return try await base.read(n)
+    }
+
+    func close() async { await base.close() }
 }

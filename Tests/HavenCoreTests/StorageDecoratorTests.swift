@@ -22,6 +22,8 @@ private final class FlakyStorage: StorageDecorator {
     }
 
     var callCount: Int { calls.withLock { $0 } }
+    /// Fails the next calls with `errors` (after those already scripted).
+    func fail(next errors: [any Error & Sendable]) { script.withLock { $0 += errors } }
     var properties: StorageProperties { base.properties }
 
     private func step() throws {
@@ -247,6 +249,13 @@ struct StorageDecoratorTests {
             }
         }
         Self.expectRate(bytes: total.withLock { $0 }, rate: rate, t)
+        // Read through a reader, the same rate.
+        let t2 = try await Self.timed {
+            try await s.withReader(handle, offset: 0, length: 1 << 20) { reader in
+                while reader.remaining > 0 { _ = try await reader.read(65536) }
+            }
+        }
+        Self.expectRate(bytes: 1 << 20, rate: rate, t2)
         let clock = ContinuousClock()
         // Uploads are not limited when only downloads are.
         let t0 = clock.now
@@ -273,7 +282,75 @@ struct StorageDecoratorTests {
         #expect(order.withLock { $0 } == [0, 1, 2, 3, 4])
     }
 
+    @Test("a read that fails mid-range is retried from where the range stood, through a new reader")
+    func readerRetries() async throws {
+        let flaky = FlakyStorage(failing: [])
+        let data = SeededRandom.bytes(seed: 40, 100_000)
+        let handle = Handle(.pack, ID.hash(data))
+        try await flaky.base.save(handle, data)
+        let recorder = RetryRecorder()
+        let s = RetryingStorage(flaky, policy: recorder.policy(), log: recorder.log)
+        let back = try await s.withReader(handle, offset: 1000, length: 99_000) { reader in
+            var out: [UInt8] = []
+            for k in 0..<9 {
+                if k == 3 { flaky.fail(next: [transient, transient]) }  // the fourth piece fails twice
+                out += try await reader.read(11_000)
+            }
+            #expect(reader.remaining == 0)
+            return out
+        }
+        expectSameBytes(back, data[1000...])
+        #expect(recorder.lines.withLock { $0.count } == 2, "\(recorder.lines.withLock { $0 })")
+        #expect(flaky.callCount == 9 + 2)
+    }
+
+    @Test("a permanent failure of a read is not retried")
+    func readerPermanentFailure() async throws {
+        let flaky = FlakyStorage(failing: [])
+        let handle = Handle(.pack, ID.hash([7]))
+        try await flaky.base.save(handle, [UInt8](repeating: 7, count: 1000))
+        let recorder = RetryRecorder()
+        let s = RetryingStorage(flaky, policy: recorder.policy(), log: recorder.log)
+        flaky.fail(next: [HavenError(.corrupt, "damaged")])
+        let e = await expectHavenError { try await s.withReader(handle, offset: 0, length: 1000) { _ = try await $0.read(500) } }
+        #expect(e?.code == .corrupt)
+        #expect(flaky.callCount == 1)
+        #expect(recorder.lines.withLock { $0 }.isEmpty)
+    }
+
     // MARK: Connection limit
+
+    @Test("an open reader holds one of the limited connections until it is closed")
+    func readerHoldsConnection() async throws {
+        let memory = MemoryStorage()
+        let handle = Handle(.pack, ID.hash([8]))
+        try await memory.save(handle, [UInt8](repeating: 8, count: 10_000))
+        let s = ConcurrencyLimitedStorage(memory, connections: 2)
+        let a = try await s.reader(handle, offset: 0, length: 10_000)
+        var b: (any StorageReader)? = try await s.reader(handle, offset: 0, length: 10_000)
+        _ = try await a.read(10)
+        let loaded = Locked(false)
+        let load = Task {
+            _ = try await s.load(handle, offset: 0, length: 10)
+            loaded.withLock { $0 = true }
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(!loaded.withLock { $0 }, "a load ran while both connections were held by readers")
+        await a.close()
+        await a.close()  // a second close gives back nothing more
+        try await load.value
+        #expect(loaded.withLock { $0 })
+        // A reader dropped without close gives its connection back too; then two readers fit again.
+        _ = try await b?.read(5)
+        b = nil
+        let c = try await s.reader(handle, offset: 0, length: 1)
+        let d = try await s.reader(handle, offset: 0, length: 1)
+        let third = Task { try await s.stat(handle) }
+        try await Task.sleep(for: .milliseconds(100))
+        await c.close()
+        #expect(try await third.value == 10_000)
+        await d.close()
+    }
 
     @Test("the connection limit bounds parallel operations and shows in properties")
     func connectionLimit() async throws {

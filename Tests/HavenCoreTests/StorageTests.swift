@@ -191,6 +191,11 @@ private struct FaultyStorage: Storage {
         }
     }
 
+    func reader(_ handle: Handle, offset: Int, length: Int) async throws -> any StorageReader {
+        guard fault == .sequentialRead else { return try await base.reader(handle, offset: offset, length: length) }
+        return RestartingReader(base, handle, offset: offset, length: length)
+    }
+
     func stat(_ handle: Handle) async throws -> Int {
         let size = try await base.stat(handle)
         return fault == .saveLoadStat ? size + 1 : size                                // wrong size
@@ -205,4 +210,26 @@ private struct FaultyStorage: Storage {
         if fault == .missingFiles, try await !base.exists(handle) { return }           // silent on missing files
         try await base.remove(handle)
     }
+}
+
+/// A reader that reads every piece from the start of its range.
+private final class RestartingReader: StorageReader {
+    let base: MemoryStorage
+    let handle: Handle
+    let offset: Int
+    var remaining: Int
+
+    init(_ base: MemoryStorage, _ handle: Handle, offset: Int, length: Int) {
+        self.base = base
+        self.handle = handle
+        self.offset = offset
+        self.remaining = length
+    }
+
+    func read(_ count: Int) async throws -> [UInt8] {
+        remaining -= count
+        return try await base.load(handle, offset: offset, length: count)
+    }
+
+    func close() async {}
 }

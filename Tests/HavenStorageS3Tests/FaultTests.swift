@@ -92,6 +92,37 @@ struct FaultTests {
         #expect(proxy.connections >= 6)
     }
 
+    @Test("a reader whose connection drops mid-body goes on from the byte it reached, through a new request")
+    func readerResumes() async throws {
+        let t = try Tools()
+        // Connection 1 carries the reader's GET and is cut 3 MB into the body; later connections are forwarded.
+        let proxy = try FaultProxy(upstreamPort: t.server.s3Port) { $0 == 1 ? .dropResponse(afterBytes: 3_000_000) : .none }
+        defer { proxy.stop() }
+        let prefix = "reader/" + UUID().uuidString.lowercased().prefix(8)
+        var env = t.server.environment
+        env["AWS_DEFAULT_REGION"] = "us-east-1"
+        let direct = try S3Storage(url: "s3:\(t.server.endpoint)/\(prefix)", environment: env)
+        try await direct.create()
+        let data = SeededRandom.bytes(seed: 33, 8 << 20)
+        let h = Handle(.pack, ID.hash(data))
+        try await direct.save(h, data)
+        try await direct.shutdown()
+        let s3 = try S3Storage(url: "s3:http://127.0.0.1:\(proxy.port)/\(prefix)", environment: env, maxAttempts: 1)
+        let log = Locked<[String]>([])
+        let policy = RetryPolicy(baseDelay: .milliseconds(10), maxDelay: .milliseconds(50))
+        let storage = RetryingStorage(s3, policy: policy) { line in log.withLock { $0.append(line) } }
+        let back = try await storage.withReader(h, offset: 0, length: data.count) { reader in
+            var out: [UInt8] = []
+            while reader.remaining > 0 { out += try await reader.read(1 << 20) }
+            return out
+        }
+        try await s3.shutdown()
+        expectSameBytes(back, data)
+        #expect(proxy.faults.count == 1, "\(proxy.faults)")
+        #expect(s3.requestsSent == 2, "one GET, then one for the rest: \(s3.requestsSent)")
+        #expect(log.withLock { $0 }.count == 1, "\(log.withLock { $0 })")
+    }
+
     @Test("creating a bucket retries a 404 answer from a concurrent creation, and the bucket is then made")
     func bucketCreationRace() async throws {
         let t = try Tools()

@@ -138,6 +138,33 @@ struct S3StorageTests {
         }
     }
 
+    @Test("a reader gets its whole range from one GET, read in pieces as the caller asks")
+    func readerIsOneRequest() async throws {
+        try await withStorage { s in
+            let data = SeededRandom.bytes(seed: 15, (9 << 20) + 11)
+            let h = Handle(.pack, ID.hash(data))
+            try await s.save(h, data)
+            let before = s.requestsSent
+            let back = try await s.withReader(h, offset: 3, length: data.count - 3) { reader in
+                var out: [UInt8] = []
+                while reader.remaining > 0 { out += try await reader.read(min(reader.remaining, 1 << 20)) }
+                return out
+            }
+            #expect(s.requestsSent - before == 1, "\(s.requestsSent - before) requests for one reader")
+            expectSameBytes(back, data[3...])
+            // Through the decorators the CLI puts around it, still one request.
+            let decorated = RetryingStorage(ConcurrencyLimitedStorage(
+                RateLimitedStorage(s, uploadBytesPerSecond: nil, downloadBytesPerSecond: nil), connections: 2))
+            let again = s.requestsSent
+            let tail = try await decorated.withReader(h, offset: 5 << 20, length: 4 << 20) { reader in
+                let a = try await reader.read(1 << 20)
+                return try await a + reader.read(3 << 20)
+            }
+            #expect(s.requestsSent - again == 1)
+            expectSameBytes(tail, data[(5 << 20)..<(9 << 20)])
+        }
+    }
+
     @Test("a repository written by Haven passes restic check --read-data")
     func resticChecksHavenRepository() async throws {
         let server = try currentServer()

@@ -79,6 +79,8 @@ public struct CheckOptions: Sendable {
     public var readData: ReadDataSelection
     /// Packs read at once with `readData` (each is held in memory while it is verified).
     public var concurrency: Int
+    /// Bytes of a pack read at once while verifying it (tests make it small).
+    var readWindow = Checker.readWindow
 
     /// Structure check only by default; `concurrency` is clamped to at least 1.
     public init(readData: ReadDataSelection = .none, concurrency: Int = 4) {

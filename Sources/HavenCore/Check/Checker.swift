@@ -223,7 +223,7 @@ public enum Checker {
             let totals = Locked<(Int, UInt64)>((0, 0))
             try await forEachConcurrently(selected, limit: options.concurrency) { pack in
                 let indexed = listing.position(of: pack).map { Set(listing.blobs(ofPackAt: $0).map(\.blob)) } ?? []
-                let r = await verifyPack(repository, pack, size: stored[pack] ?? 0, indexed: indexed)
+                let r = await verifyPack(repository, pack, size: stored[pack] ?? 0, indexed: indexed, window: options.readWindow)
                 results.withLock { $0.append(r) }
                 let (n, b) = totals.withLock { t -> (Int, UInt64) in t.0 += 1; t.1 += r.bytes; return t }
                 progress?(CheckProgress(phase: .readData, done: n, total: selected.count, bytes: b))
@@ -360,78 +360,101 @@ public enum Checker {
     }
 
     /// Reads one pack front to back, a window at a time, and verifies its name (SHA-256 of the content),
-    /// its header against the index, and every blob either lists.
-    private static func verifyPack(_ repository: Repository, _ pack: ID, size: Int, indexed: Set<PackedBlob>) async -> PackResult {
+    /// its header against the index, and every blob either lists. The header comes from the last window
+    /// read, so on an object store the whole pack is one request.
+    private static func verifyPack(_ repository: Repository, _ pack: ID, size: Int, indexed: Set<PackedBlob>,
+                                   window: Int) async -> PackResult {
         var r = PackResult(pack: pack)
         let handle = Handle(.pack, pack)
-        var toVerify = indexed
+        var inside: [PackedBlob] = []
+        func beyondTheEnd(_ b: PackedBlob) -> Bool {
+            guard UInt64(b.offset) + UInt64(b.length) > UInt64(size) else { return false }
+            r.damaged.append(BlobDamage(blob: b, pack: pack, message: "\(b.type.rawValue) blob \(b.id.short) in pack \(pack.short) "
+                                        + "is damaged: it extends beyond the end of the pack"))
+            return true
+        }
+        for b in indexed.sorted(by: { ($0.offset, $0.length) < ($1.offset, $1.length) }) where !beyondTheEnd(b) {
+            inside.append(b)
+        }
+        let hash = StreamingSHA256()
+        let plan = readPlan(size: size, blobs: inside, window: window)
+        var tail: [UInt8] = []  // the last stretch read, which ends at the end of the pack
+        var overlapping: [PackedBlob] = []
         do {
-            let header = Set(try await repository.loadPackHeader(pack, size: size))
-            let notInHeader = indexed.subtracting(header).sorted { $0.offset < $1.offset }
-            let notInIndex = header.subtracting(indexed).sorted { $0.offset < $1.offset }
-            if let b = notInHeader.first {
-                r.errors.append("pack \(pack.short): \(notInHeader.count) index entr\(notInHeader.count == 1 ? "y does" : "ies do") not match "
-                                + "the pack header (e.g. \(b.type.rawValue) blob \(b.id.short) at offset \(b.offset), length \(b.length))")
+            // The pack front to back through one reader (one request on an object store).
+            try await repository.storage.withReader(handle, offset: 0, length: size) { reader in
+                /// The next stretch of the pack, hashed and counted.
+                func read(_ start: Int, _ end: Int) async throws -> [UInt8] {
+                    let bytes = try await reader.read(end - start)
+                    hash.update(bytes)
+                    r.bytes += UInt64(bytes.count)
+                    if end == size { tail = bytes }
+                    return bytes
+                }
+                for step in plan {
+                    switch step {
+                    case .hash(let start, let end):
+                        _ = try await read(start, end)
+                    case .blobs(let start, let end, let blobs):
+                        let bytes = try await read(start, end)
+                        // Two workers share the blobs, so decryption, decompression and hashing use both
+                        // cores even when only a few packs are read at once.
+                        let parts = splitByBytes(blobs, minimumBytes: 1 << 20)
+                        let results = await withTaskGroup(of: (Int, [BlobDamage]).self) { group in
+                            for part in parts {
+                                group.addTask { verifyBlobs(repository, pack, part, in: bytes, at: start) }
+                            }
+                            var all: [(Int, [BlobDamage])] = []
+                            for await result in group { all.append(result) }
+                            return all
+                        }
+                        for (verified, damaged) in results {
+                            r.verified += verified
+                            r.damaged += damaged
+                        }
+                    case .overlapping(let blobs):
+                        overlapping = blobs
+                    }
+                }
             }
-            if let b = notInIndex.first {
-                r.errors.append("pack \(pack.short): its header lists \(notInIndex.count) blob\(notInIndex.count == 1 ? "" : "s") the index does not "
-                                + "(e.g. \(b.type.rawValue) blob \(b.id.short) at offset \(b.offset))")
-            }
-            toVerify.formUnion(header)
-        } catch let e as HavenError where e.code == .corrupt {
-            r.errors.append(e.message)
         } catch {
             r.errors.append("pack \(pack.short) cannot be read: \(error)")
             return r
         }
-        var inside: [PackedBlob] = []
-        for b in toVerify.sorted(by: { ($0.offset, $0.length) < ($1.offset, $1.length) }) {
-            if UInt64(b.offset) + UInt64(b.length) > UInt64(size) {
-                r.damaged.append(BlobDamage(blob: b, pack: pack, message: "\(b.type.rawValue) blob \(b.id.short) in pack \(pack.short) "
-                                            + "is damaged: it extends beyond the end of the pack"))
+        // The header against the index; blobs only the header lists are verified too, each on its own.
+        do {
+            let header: Set<PackedBlob>
+            let length = try PackReader.headerLength(tail: tail, total: size, id: pack)
+            if tail.count >= length + 4 {
+                header = Set(try PackReader.header(tail: tail, total: size, id: pack, key: repository.key))
             } else {
-                inside.append(b)
+                header = Set(try await repository.loadPackHeader(pack, size: size))
             }
-        }
-        let hash = StreamingSHA256()
-        /// The next stretch of the pack, hashed and counted.
-        func read(_ start: Int, _ end: Int) async throws -> [UInt8] {
-            let bytes = try await repository.storage.load(handle, offset: start, length: end - start)
-            guard bytes.count == end - start else { throw HavenError(.corrupt, "pack \(pack.short) ended early, at byte \(start + bytes.count)") }
-            hash.update(bytes)
-            r.bytes += UInt64(bytes.count)
-            return bytes
+            let notInHeader = indexed.subtracting(header).sorted { $0.offset < $1.offset }
+            let notInIndex = header.subtracting(indexed).sorted { $0.offset < $1.offset }
+            var problems: [String] = []
+            if let b = notInHeader.first {
+                problems.append("pack \(pack.short): \(notInHeader.count) index entr\(notInHeader.count == 1 ? "y does" : "ies do") not match "
+                                + "the pack header (e.g. \(b.type.rawValue) blob \(b.id.short) at offset \(b.offset), length \(b.length))")
+            }
+            if let b = notInIndex.first {
+                problems.append("pack \(pack.short): its header lists \(notInIndex.count) blob\(notInIndex.count == 1 ? "" : "s") the index does not "
+                                + "(e.g. \(b.type.rawValue) blob \(b.id.short) at offset \(b.offset))")
+            }
+            r.errors.insert(contentsOf: problems, at: 0)
+            overlapping += notInIndex.filter { !beyondTheEnd($0) }
+        } catch let e as HavenError where e.code == .corrupt {
+            r.errors.insert(e.message, at: 0)
+        } catch {
+            r.errors.append("pack \(pack.short) cannot be read: \(error)")
+            return r
         }
         do {
-            for step in readPlan(size: size, blobs: inside, window: readWindow) {
-                switch step {
-                case .hash(let start, let end):
-                    _ = try await read(start, end)
-                case .blobs(let start, let end, let blobs):
-                    let bytes = try await read(start, end)
-                    // Two workers share the blobs, so decryption, decompression and hashing use both cores
-                    // even when only a few packs are read at once.
-                    let parts = splitByBytes(blobs, minimumBytes: 1 << 20)
-                    let results = await withTaskGroup(of: (Int, [BlobDamage]).self) { group in
-                        for part in parts {
-                            group.addTask { verifyBlobs(repository, pack, part, in: bytes, at: start) }
-                        }
-                        var all: [(Int, [BlobDamage])] = []
-                        for await result in group { all.append(result) }
-                        return all
-                    }
-                    for (verified, damaged) in results {
-                        r.verified += verified
-                        r.damaged += damaged
-                    }
-                case .overlapping(let blobs):
-                    for b in blobs {
-                        let bytes = try await repository.storage.load(handle, offset: Int(b.offset), length: Int(b.length))
-                        let (verified, damaged) = verifyBlobs(repository, pack, [b], in: bytes, at: Int(b.offset))
-                        r.verified += verified
-                        r.damaged += damaged
-                    }
-                }
+            for b in overlapping {
+                let bytes = try await repository.storage.load(handle, offset: Int(b.offset), length: Int(b.length))
+                let (verified, damaged) = verifyBlobs(repository, pack, [b], in: bytes, at: Int(b.offset))
+                r.verified += verified
+                r.damaged += damaged
             }
         } catch {
             r.errors.append("pack \(pack.short) cannot be read: \(error)")

@@ -584,20 +584,32 @@ final class RestoreRun: @unchecked Sendable {
         remaining = []
         let uses = planned
         planned = []
-        // Each read range is a job of its own, so a few large packs still keep every worker busy.
-        runs = runs.flatMap { readRuns($0, of: uses) }
-        try await forEachConcurrently(runs, limit: max(1, options.packConcurrency)) { run in
-            var blobs: [PackBlob] = []
-            for u in uses[run] {
-                if let last = blobs.last, last.blob.offset == u.blob.offset, last.blob.id == u.blob.id {
-                    blobs[blobs.count - 1].uses.append(u.use)
-                } else {
-                    blobs.append(PackBlob(blob: u.blob, uses: [u.use]))
+        // Each read range is a job of its own, so a few large packs still keep every worker busy. Where a
+        // request costs a round trip and a fee (an object store), the ranges of one pack that lie close
+        // together are one job instead, read through one reader: one request for the pack. That is done
+        // when there are still jobs enough for every worker (a restore of a few packs keeps its ranges
+        // apart: few requests either way, and a pack's ranges are then restored side by side).
+        let ranges = runs.map { readRuns($0, of: uses) }
+        var jobs = ranges.flatMap { $0.map { [$0] } }
+        if repository.storage.properties.streamedReads {
+            let shared = ranges.flatMap { sharedReads($0, of: uses) }
+            if shared.count >= 4 * max(1, options.packConcurrency) { jobs = shared }
+        }
+        try await forEachConcurrently(jobs, limit: max(1, options.packConcurrency)) { runs in
+            let job = runs.map { run in
+                var blobs: [PackBlob] = []
+                for u in uses[run] {
+                    if let last = blobs.last, last.blob.offset == u.blob.offset, last.blob.id == u.blob.id {
+                        blobs[blobs.count - 1].uses.append(u.use)
+                    } else {
+                        blobs.append(PackBlob(blob: u.blob, uses: [u.use]))
+                    }
                 }
+                return PackJob(pack: sortedPacks[Int(uses[run.lowerBound].pack)], blobs: blobs)
             }
             let dirs = self.writerDirectories.withLock { $0.popLast() } ?? self.dirs.sibling()
             defer { self.writerDirectories.withLock { $0.append(dirs) } }
-            try await self.restorePack(PackJob(pack: sortedPacks[Int(uses[run.lowerBound].pack)], blobs: blobs), dirs: dirs)
+            try await self.restorePack(job, dirs: dirs)
         }
         for d in writerDirectories.withLock({ pool in defer { pool = [] }; return pool }) { d.closeAll() }
     }
@@ -626,27 +638,82 @@ final class RestoreRun: @unchecked Sendable {
         return out
     }
 
-    /// Restores the blobs of one read range of a pack (see `readRuns`).
-    func restorePack(_ job: PackJob, dirs: RestoreDirectories) async throws {
+    /// Groups the read ranges of one pack (see `readRuns`, in pack order) into runs of ranges read
+    /// through one reader: a range joins the previous group unless the gap between them exceeds
+    /// `maxReadGap` (those bytes are read and dropped).
+    func sharedReads(_ ranges: [Range<Int>], of uses: [PlannedUse]) -> [[Range<Int>]] {
+        var groups: [[Range<Int>]] = []
+        var end = 0
+        for range in ranges {
+            let start = Int(uses[range.lowerBound].blob.offset)
+            if !groups.isEmpty && start >= end && start - end <= options.maxReadGap {
+                groups[groups.count - 1].append(range)
+            } else {
+                groups.append([range])
+            }
+            end = uses[range].map { Int($0.blob.offset) + Int($0.blob.length) }.max()!
+        }
+        return groups
+    }
+
+    /// Restores the blobs of read ranges of one pack (see `readRuns`): one range is one `load`; several
+    /// (see `sharedReads`) are read in turn through one reader. A range that cannot be read fails the
+    /// files its blobs belong to, and a reader that failed is not used again (the ranges after it are
+    /// loaded one by one).
+    func restorePack(_ job: [PackJob], dirs: RestoreDirectories) async throws {
         var files = OpenFiles(dirs: dirs)
         defer { files.closeAll() }
-        let range = job.blobs
-        try Self.checkCancelled()
-        let start = Int(range[0].blob.offset)
-        let end = range.map { Int($0.blob.offset) + Int($0.blob.length) }.max()!
-        let bytes: [UInt8]
-        do {
-            bytes = try await repository.storage.load(Handle(.pack, job.pack), offset: start, length: end - start)
-            guard bytes.count == end - start else {
-                throw HavenError(.corrupt, "pack \(job.pack.short) is shorter than the index says")
+        func span(_ j: PackJob) -> Range<Int> {
+            Int(j.blobs[0].blob.offset)..<j.blobs.map { Int($0.blob.offset) + Int($0.blob.length) }.max()!
+        }
+        func failed(_ j: PackJob, _ error: any Error) throws {
+            if let e = error as? HavenError, e.code == .cancelled { throw e }
+            let message = (error as? HavenError)?.description ?? "\(error)"
+            for b in j.blobs { failUses(b, "cannot read pack \(j.pack.short): \(message)") }
+        }
+        func load(_ j: PackJob) async throws {
+            try Self.checkCancelled()
+            let range = span(j)
+            let bytes: [UInt8]
+            do {
+                bytes = try await repository.storage.load(Handle(.pack, j.pack), offset: range.lowerBound, length: range.count)
+                guard bytes.count == range.count else {
+                    throw HavenError(.corrupt, "pack \(j.pack.short) is shorter than the index says")
+                }
+            } catch {
+                return try failed(j, error)
             }
-        } catch let e as HavenError where e.code == .cancelled {
+            try restoreBlobs(j, bytes, at: range.lowerBound, &files)
+        }
+        guard job.count > 1 else { return try await load(job[0]) }
+        let first = span(job[0]).lowerBound
+        let whole = first..<span(job[job.count - 1]).upperBound
+        var done = 0
+        do {
+            try await repository.storage.withReader(Handle(.pack, job[0].pack), offset: first, length: whole.count) { reader in
+                var at = first
+                for j in job {
+                    try Self.checkCancelled()
+                    let range = span(j)
+                    if range.lowerBound > at { _ = try await reader.read(range.lowerBound - at) }
+                    let bytes = try await reader.read(range.count)
+                    at = range.upperBound
+                    try restoreBlobs(j, bytes, at: range.lowerBound, &files)
+                    done += 1
+                }
+            }
+        } catch let e as HavenError where Self.isFatal(e) || e.code == .cancelled {
             throw e
         } catch {
-            let message = (error as? HavenError)?.description ?? "\(error)"
-            for b in range { failUses(b, "cannot read pack \(job.pack.short): \(message)") }
-            return
+            guard done < job.count else { return }
+            try failed(job[done], error)
+            for j in job[(done + 1)...] { try await load(j) }
         }
+    }
+
+    /// Restores the blobs of `job`, whose bytes from pack offset `start` on are `bytes`.
+    private func restoreBlobs(_ job: PackJob, _ bytes: [UInt8], at start: Int, _ files: inout OpenFiles) throws {
+        let range = job.blobs
         try bytes.withUnsafeBytes { raw in
             try repository.openBlobs(range.map(\.blob), in: raw, at: start, pack: job.pack) { i, result in
                 try Self.checkCancelled()

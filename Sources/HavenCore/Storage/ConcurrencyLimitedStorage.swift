@@ -27,9 +27,44 @@ public final class ConcurrencyLimitedStorage: StorageDecorator {
     public func load(_ handle: Handle, offset: Int, length: Int?) async throws -> [UInt8] {
         try await semaphore.withPermit { try await self.base.load(handle, offset: offset, length: length) }
     }
+    /// An open reader holds one of the connections until it is closed.
+    public func reader(_ handle: Handle, offset: Int, length: Int) async throws -> any StorageReader {
+        await semaphore.acquire()
+        do {
+            return PermitReader(try await base.reader(handle, offset: offset, length: length), semaphore)
+        } catch {
+            semaphore.release()
+            throw error
+        }
+    }
     public func stat(_ handle: Handle) async throws -> Int { try await semaphore.withPermit { try await self.base.stat(handle) } }
     public func list(_ type: FileType) async throws -> [StoredFile] {
         try await semaphore.withPermit { try await self.base.list(type) }
     }
     public func remove(_ handle: Handle) async throws { try await semaphore.withPermit { try await self.base.remove(handle) } }
+}
+
+/// A reader that gives its permit back when closed (or, should a caller forget, when released).
+private final class PermitReader: StorageReader {
+    private let base: any StorageReader
+    private let semaphore: AsyncSemaphore
+    private var held = true
+
+    init(_ base: any StorageReader, _ semaphore: AsyncSemaphore) {
+        self.base = base
+        self.semaphore = semaphore
+    }
+
+    deinit { if held { semaphore.release() } }
+
+    var remaining: Int { base.remaining }
+    func read(_ count: Int) async throws -> [UInt8] { try await base.read(count) }
+
+    func close() async {
+        await base.close()
+        if held {
+            held = false
+            semaphore.release()
+        }
+    }
 }

@@ -63,14 +63,41 @@ public final class RateLimitedStorage: StorageDecorator {
         return data
     }
 
+    public func reader(_ handle: Handle, offset: Int, length: Int) async throws -> any StorageReader {
+        RateLimitedReader(try await base.reader(handle, offset: offset, length: length), self, handle)
+    }
+
     public func stat(_ handle: Handle) async throws -> Int { try await base.stat(handle) }
     public func list(_ type: FileType) async throws -> [StoredFile] { try await base.list(type) }
     public func remove(_ handle: Handle) async throws { try await base.remove(handle) }
 
-    private static func wait(_ bucket: TokenBucket?, _ bytes: Int, _ what: String, _ location: String) async throws {
+    fileprivate static func wait(_ bucket: TokenBucket?, _ bytes: Int, _ what: String, _ location: String) async throws {
         guard let bucket else { return }
         do { try await bucket.take(bytes) } catch {
             throw HavenError(.cancelled, "\(what) in \(location) was cancelled")
         }
     }
+}
+
+/// Charges each read piece to the download rate, as `load` does.
+private final class RateLimitedReader: StorageReader {
+    private let base: any StorageReader
+    private let storage: RateLimitedStorage
+    private let handle: Handle
+
+    init(_ base: any StorageReader, _ storage: RateLimitedStorage, _ handle: Handle) {
+        self.base = base
+        self.storage = storage
+        self.handle = handle
+    }
+
+    var remaining: Int { base.remaining }
+
+    func read(_ count: Int) async throws -> [UInt8] {
+        let bytes = try await base.read(count)
+        try await RateLimitedStorage.wait(storage.download, bytes.count, "reading \(handle)", storage.base.location)
+        return bytes
+    }
+
+    func close() async { await base.close() }
 }

@@ -84,6 +84,11 @@ public final class RetryingStorage: StorageDecorator {
         try await retrying("reading \(handle)") { try await self.base.load(handle, offset: offset, length: length) }
     }
 
+    /// A failed read is retried from where the range stood before it, through a new reader of the rest.
+    public func reader(_ handle: Handle, offset: Int, length: Int) async throws -> any StorageReader {
+        RetryingReader(self, handle, offset: offset, length: length)
+    }
+
     public func stat(_ handle: Handle) async throws -> Int {
         try await retrying("stat \(handle)") { try await self.base.stat(handle) }
     }
@@ -104,7 +109,7 @@ public final class RetryingStorage: StorageDecorator {
         }
     }
 
-    private func retrying<T>(_ what: String, _ operation: () async throws -> T) async throws -> T {
+    fileprivate func retrying<T>(_ what: String, _ operation: () async throws -> T) async throws -> T {
         let clock = ContinuousClock()
         let start = clock.now
         var waited = Duration.zero
@@ -150,5 +155,48 @@ public final class RetryingStorage: StorageDecorator {
     private static func format(_ d: Duration) -> String {
         let s = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
         return String(format: "%.2f s", s)
+    }
+}
+
+/// A reader whose failed reads are tried again (see `RetryingStorage.reader`); the wrapped storage's
+/// reader is opened at the first read and again after each failure.
+private final class RetryingReader: StorageReader {
+    private let storage: RetryingStorage
+    private let handle: Handle
+    private var offset: Int
+    private(set) var remaining: Int
+    private var current: (any StorageReader)?
+
+    init(_ storage: RetryingStorage, _ handle: Handle, offset: Int, length: Int) {
+        self.storage = storage
+        self.handle = handle
+        self.offset = offset
+        self.remaining = length
+    }
+
+    func read(_ count: Int) async throws -> [UInt8] {
+        precondition(count >= 0 && count <= remaining, "read beyond the reader's range")
+        let bytes = try await storage.retrying("reading \(handle)") { () async throws -> [UInt8] in
+            let reader: any StorageReader
+            if let current { reader = current } else {
+                reader = try await storage.base.reader(handle, offset: offset, length: remaining)
+                current = reader
+            }
+            do {
+                return try await reader.read(count)
+            } catch {
+                current = nil
+                await reader.close()
+                throw error
+            }
+        }
+        offset += count
+        remaining -= count
+        return bytes
+    }
+
+    func close() async {
+        await current?.close()
+        current = nil
     }
 }

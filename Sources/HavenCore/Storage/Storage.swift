@@ -49,10 +49,15 @@ public struct StorageProperties: Sendable {
     /// Whether a `list` started after a `save` returned always includes that file (a file system; not
     /// every object store). Locking skips its settling pause on such storage.
     public var consistentListing: Bool
-    public init(connections: Int, atomicReplace: Bool, consistentListing: Bool = false) {
+    /// Whether reading a range through one `reader` costs less than loading its pieces one by one (each
+    /// load is a request, waited for and billed, on an object store). Restore then reads nearby ranges of
+    /// a pack through one reader.
+    public var streamedReads: Bool
+    public init(connections: Int, atomicReplace: Bool, consistentListing: Bool = false, streamedReads: Bool = false) {
         self.connections = connections
         self.atomicReplace = atomicReplace
         self.consistentListing = consistentListing
+        self.streamedReads = streamedReads
     }
 }
 
@@ -74,6 +79,10 @@ public protocol Storage: Sendable {
     var spoolDirectory: String? { get }
     /// Reads `length` bytes at `offset` (to the end when nil).
     func load(_ handle: Handle, offset: Int, length: Int?) async throws -> [UInt8]
+    /// Opens `length` bytes at `offset` for reading front to back, in pieces of the caller's choosing. A
+    /// remote store may serve the whole range from one request (an object store bills and waits per
+    /// request); the default reads each piece with `load`. Use `withReader`, which closes it.
+    func reader(_ handle: Handle, offset: Int, length: Int) async throws -> any StorageReader
     /// The file's size.
     func stat(_ handle: Handle) async throws -> Int
     func list(_ type: FileType) async throws -> [StoredFile]
@@ -87,6 +96,25 @@ extension Storage {
 
     public var spoolDirectory: String? { nil }
 
+    public func reader(_ handle: Handle, offset: Int, length: Int) async throws -> any StorageReader {
+        RangedReader(self, handle, offset: offset, length: length)
+    }
+
+    /// Runs `body` with a reader of `length` bytes of `handle` at `offset`, and closes the reader after it
+    /// (whether `body` returns or throws), so a remote connection held by it is released.
+    public func withReader<R>(_ handle: Handle, offset: Int, length: Int,
+                              _ body: (any StorageReader) async throws -> R) async throws -> R {
+        let reader = try await self.reader(handle, offset: offset, length: length)
+        do {
+            let result = try await body(reader)
+            await reader.close()
+            return result
+        } catch {
+            await reader.close()
+            throw error
+        }
+    }
+
     public func load(_ handle: Handle) async throws -> [UInt8] {
         try await load(handle, offset: 0, length: nil)
     }
@@ -99,4 +127,44 @@ extension Storage {
             return false
         }
     }
+}
+
+/// An open range of a stored file, read front to back (see `Storage.reader`). One task uses it at a time.
+public protocol StorageReader: AnyObject {
+    /// The bytes of the range not read yet.
+    var remaining: Int { get }
+    /// The next `count` bytes of the range (`count` at most `remaining`). A file shorter than the range
+    /// throws `.corrupt`. After a throw the reader is unusable, except for `close`.
+    func read(_ count: Int) async throws -> [UInt8]
+    /// Ends the read, early or not, and releases what it holds (a connection, a permit).
+    func close() async
+}
+
+/// A reader that loads each piece with its own `load` (storage where a request costs little).
+final class RangedReader<S: Storage>: StorageReader {
+    let storage: S
+    let handle: Handle
+    private var offset: Int
+    private(set) var remaining: Int
+
+    init(_ storage: S, _ handle: Handle, offset: Int, length: Int) {
+        self.storage = storage
+        self.handle = handle
+        self.offset = offset
+        self.remaining = length
+    }
+
+    func read(_ count: Int) async throws -> [UInt8] {
+        precondition(count >= 0 && count <= remaining, "read beyond the reader's range")
+        guard count > 0 else { return [] }
+        let bytes = try await storage.load(handle, offset: offset, length: count)
+        guard bytes.count == count else {
+            throw HavenError(.corrupt, "\(handle) in \(storage.location) is shorter than expected: wanted \(count) bytes at offset \(offset), got \(bytes.count)")
+        }
+        offset += count
+        remaining -= count
+        return bytes
+    }
+
+    func close() async {}
 }
