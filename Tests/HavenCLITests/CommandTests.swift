@@ -27,10 +27,12 @@ struct CommandTests {
             try Fixture.mkdir(tmp.sub("src"))
         }
 
-        /// haven's options for the repository; `after` runs in the wrapper once the server has ended.
-        func options(after: String? = nil) -> [String] {
+        /// haven's options for the repository; `after` runs in the wrapper once the server has ended. With
+        /// `stopped`, the wrapper stops itself (SIGSTOP) after writing its PID, before the server starts.
+        func options(after: String? = nil, stopped: Bool = false) -> [String] {
             let run = after.map { "\(Self.server); \($0)" } ?? "exec \(Self.server)"
-            return ["-r", repo, "--no-cache", "-o", "sftp.command=sh -c 'echo $$ > \(pidFile); \(run)'"]
+            let stop = stopped ? "kill -STOP $$; " : ""
+            return ["-r", repo, "--no-cache", "-o", "sftp.command=sh -c 'echo $$ > \(pidFile); \(stop)\(run)'"]
         }
 
         /// The PID the last session's wrapper wrote, if any.
@@ -48,7 +50,7 @@ struct CommandTests {
         try FileManager.default.removeItem(atPath: s.pidFile)
         // The backup leads a process group of its own, as a command started from a terminal does, and its
         // SFTP server is in that group too.
-        let child = try Subprocess([s.cli.haven, "-q"] + s.options() + ["backup", s.src],
+        let child = try Subprocess([s.cli.haven, "-q"] + s.options(stopped: true) + ["backup", s.src],
                                    environment: ProcessInfo.processInfo.environment.merging(s.cli.env) { $1 },
                                    newProcessGroup: true)
         var server: Int32?
@@ -57,9 +59,15 @@ struct CommandTests {
             if server == nil { try await Task.sleep(for: .milliseconds(5)) }
         }
         let serverPID = try #require(server, "the backup's SFTP server did not start")
-        // Freeze the server as soon as it runs, so the backup cannot finish; press Ctrl-C (SIGINT to the
-        // whole group); then let the server go on.
-        kill(serverPID, SIGSTOP)
+        // The server stops itself before it starts serving, so the backup cannot get anywhere however
+        // slowly this test runs; press Ctrl-C (SIGINT to the whole group); then let the server go on.
+        func stopped() -> Bool {
+            guard let stat = try? String(contentsOfFile: "/proc/\(serverPID)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return false }
+            return stat[stat.index(close, offsetBy: 2)...].hasPrefix("T")
+        }
+        for _ in 0..<2000 where !stopped() { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(stopped(), "the SFTP server did not stop itself")
         try await Task.sleep(for: .milliseconds(200))
         #expect(child.exitCode == nil, "the backup ended before it could be interrupted")
         child.signal(SIGINT)

@@ -394,7 +394,7 @@ private func hasIssue(_ issues: [RestoreIssue], _ path: String) -> Bool { hasIss
     @Test func streamedReadsShareOneReaderPerPack() async throws {
         let storage = StreamingStorage(MemoryStorage())
         let repo = try await Repository.initialize(storage: storage, password: "secret", kdf: .testing)
-        let writer = BlobWriter(repository: repo, packSize: 200_000, compression: .off)
+        let writer = BlobWriter(repository: repo, packSize: 100_000, compression: .off)
         let chunks = (0..<12).map { pseudoRandom(30_000 + $0 * 1_000, seed: 200 + UInt64($0)) }
         var ids: [ID] = []
         for c in chunks { ids.append(try await writer.save(.data, plaintext: c)) }
@@ -403,12 +403,14 @@ private func hasIssue(_ issues: [RestoreIssue], _ path: String) -> Bool { hasIss
         let root = try await writer.save(.tree, plaintext: Tree(nodes: nodes).encoded())
         try await writer.flush()
         let packsWithData = Set(ids.map { repo.index.lookup($0, .data)!.pack })
-        #expect(packsWithData.count >= 2)
+        #expect(packsWithData.count >= 4)
 
-        func restore(failingRead: Int?) async throws -> (RestoreResult, String) {
+        func restore(failingRead: Int?, packConcurrency: Int = 1) async throws -> (RestoreResult, String) {
             let target = makeTempDir("streamed")
             var options = RestoreOptions(target: target, verify: true)
             options.maxReadSize = 40_000  // about one blob per range, so each pack has several
+            // Ranges of a pack share a reader only while that leaves 4 jobs per worker.
+            options.packConcurrency = packConcurrency
             let plan = try await Restorer.plan(repository: repo, tree: root, options: options)
             storage.reset(failingRead: failingRead)
             return (try await Restorer.execute(plan, repository: repo), target)
@@ -432,6 +434,13 @@ private func hasIssue(_ issues: [RestoreIssue], _ path: String) -> Bool { hasIss
         for (k, c) in chunks.enumerated() where broken.errors.first?.path != bytes("file\(k)") {
             expectSameBytes(readFile(join(target2, "file\(k)")), c, "file\(k)")
         }
+
+        // With more workers than that, each range is a job of its own, restored side by side.
+        let (apart, target3) = try await restore(failingRead: nil, packConcurrency: 4)
+        defer { removeTree(target3) }
+        #expect(apart.errors.isEmpty && apart.filesRestored == 12)
+        #expect(storage.readers.withLock { $0 } == 0)
+        #expect(storage.packLoads.withLock { $0 } == 12)
     }
 
     @Test func manyPacksOnLocalStorage() async throws {
