@@ -120,8 +120,9 @@ private final class CopyBatch {
         let jobs = byPack.sorted { $0.key < $1.key }.flatMap { pack, locations in
             SnapshotCopier.readGroups(locations.map(\.blob).sorted { $0.offset < $1.offset }).map { (pack, $0) }
         }
-        // Each job holds one range (up to `maxRead` bytes) and two plaintexts at a time.
-        try await forEachConcurrently(jobs, limit: min(concurrency, 8)) { pack, ranges in
+        // Each job holds one range (up to `maxRead` bytes) and two plaintexts at a time. Four at once: over S3,
+        // copying 1.2 GiB took 3.3 s and peaked at 91 MB RSS (eight: 3.2 s, 108 MB).
+        try await forEachConcurrently(jobs, limit: min(concurrency, 4)) { pack, ranges in
             let first = Int(ranges[0][0].offset)
             let end = SnapshotCopier.end(of: ranges[ranges.count - 1])
             try await source.storage.withReader(Handle(.pack, pack), offset: first, length: end - first) { reader in
