@@ -532,9 +532,7 @@ struct SpoolPieces: AsyncSequence, Sendable {
 /// position reached).
 final class S3Reader: StorageReader {
     private let storage: S3Storage
-    private let handle: Handle
-    private var offset: Int
-    private(set) var remaining: Int
+    private var range: ReadRange
     private var body: HTTPClientResponse.Body.AsyncIterator?
     private var piece = ByteBuffer()
     private var skip = 0
@@ -542,17 +540,18 @@ final class S3Reader: StorageReader {
 
     init(_ storage: S3Storage, _ handle: Handle, offset: Int, length: Int) {
         self.storage = storage
-        self.handle = handle
-        self.offset = offset
-        self.remaining = length
+        self.range = ReadRange(handle, offset: offset, length: length)
     }
 
+    var remaining: Int { range.remaining }
+
     func read(_ count: Int) async throws -> [UInt8] {
-        precondition(count >= 0 && count <= remaining, "read beyond the reader's range")
+        range.check(count)
         guard count > 0 else { return [] }
+        let handle = range.handle
         if !opened {
             opened = true
-            let (response, skip) = try await storage.openRange(handle, offset: offset, length: remaining)
+            let (response, skip) = try await storage.openRange(handle, offset: range.offset, length: range.remaining)
             body = response.makeAsyncIterator()
             self.skip = skip
         }
@@ -567,7 +566,7 @@ final class S3Reader: StorageReader {
                     throw storage.connectionFailure(error, reading: handle)
                 }
                 guard let next else {
-                    throw storage.shortRead(handle, offset: offset, wanted: count, got: out.count)
+                    throw storage.shortRead(handle, offset: range.offset, wanted: count, got: out.count)
                 }
                 body = iterator
                 piece = next
@@ -582,8 +581,7 @@ final class S3Reader: StorageReader {
             piece.withUnsafeReadableBytes { out.append(contentsOf: UnsafeRawBufferPointer(rebasing: $0[..<n])) }
             piece.moveReaderIndex(forwardBy: n)
         }
-        offset += count
-        remaining -= count
+        range.advance(count)
         return out
     }
 

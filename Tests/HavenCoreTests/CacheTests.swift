@@ -5,7 +5,7 @@ import Testing
 import HavenTestSupport
 
 /// Counts the calls that reach the wrapped storage; pack loads are split into whole-file and range reads.
-private final class CountingStorage: StorageDecorator {
+private final class CallCountingStorage: StorageDecorator {
     let base: any Storage
     private let counts = Mutex<[String: Int]>([:])
 
@@ -39,7 +39,7 @@ private final class CountingStorage: StorageDecorator {
 /// land in one tree pack.
 private struct CacheFixture {
     let fx: CPFixture
-    let counting: CountingStorage
+    let counting: CallCountingStorage
     let snapshot: ID
     let root: ID
     let treePack: ID
@@ -66,7 +66,7 @@ private struct CacheFixture {
         try await w.flush()
         let snapshot = try await fx.repo.saveSnapshot(Snapshot(time: cpTime("2024-03-01T10:00:00Z"), tree: root, paths: ["/data"]))
         let treePack = try #require(fx.repo.index.lookup(root, .tree)).pack
-        return CacheFixture(fx: fx, counting: CountingStorage(fx.storage), snapshot: snapshot, root: root, treePack: treePack,
+        return CacheFixture(fx: fx, counting: CallCountingStorage(fx.storage), snapshot: snapshot, root: root, treePack: treePack,
                             dirs: dirs, cacheBase: TempDir("haven-cache-test"))
     }
 

@@ -1,7 +1,7 @@
-import Synchronization
 import Foundation
 import Testing
 @testable import HavenCore
+import HavenTestSupport
 
 // MARK: - Fixtures shared by CheckTests, PruneTests and LockTests
 
@@ -134,29 +134,6 @@ private func twoSnapshotRepo() async throws -> (CPFixture, [ID]) {
     let b = try await fx.backup([shared, .init(name: "b", blobs: (0..<3).map { _ in blob(&rng) })],
                                 writer: w2, time: cpTime("2024-01-02T10:00:00Z"))
     return (fx, [a, b])
-}
-
-/// Counts pack loads and readers opened.
-private final class CountingStorage: StorageDecorator {
-    let base: any Storage
-    let packLoads = Mutex(0)
-    let readers = Mutex(0)
-    init(_ base: any Storage) { self.base = base }
-    func reset() { packLoads.withLock { $0 = 0 }; readers.withLock { $0 = 0 } }
-    var properties: StorageProperties { base.properties }
-    func create() async throws { try await base.create() }
-    func save(_ handle: Handle, _ data: [UInt8]) async throws { try await base.save(handle, data) }
-    func load(_ handle: Handle, offset: Int, length: Int?) async throws -> [UInt8] {
-        if handle.type == .pack { packLoads.withLock { $0 += 1 } }
-        return try await base.load(handle, offset: offset, length: length)
-    }
-    func reader(_ handle: Handle, offset: Int, length: Int) async throws -> any StorageReader {
-        readers.withLock { $0 += 1 }
-        return try await base.reader(handle, offset: offset, length: length)
-    }
-    func stat(_ handle: Handle) async throws -> Int { try await base.stat(handle) }
-    func list(_ type: FileType) async throws -> [StoredFile] { try await base.list(type) }
-    func remove(_ handle: Handle) async throws { try await base.remove(handle) }
 }
 
 private func packs(_ fx: CPFixture) async throws -> [ID] {
@@ -343,12 +320,12 @@ struct CheckTests {
         // The structure check loads the trees; reading the data adds only the readers.
         counting.reset()
         _ = await Checker.run(repository: repo, options: CheckOptions())
-        let structure = counting.packLoads.withLock { $0 }
+        let structure = counting.packLoads.withLock { $0.count }
         counting.reset()
         let report = await Checker.run(repository: repo, options: CheckOptions(readData: .all))
         #expect(!report.hasErrors, "\(report)")
-        #expect(counting.readers.withLock { $0 } == all.count, "one reader per pack")
-        #expect(counting.packLoads.withLock { $0 } == structure, "no pack read apart from its reader")
+        #expect(counting.readers.withLock { $0.count } == all.count, "one reader per pack")
+        #expect(counting.packLoads.withLock { $0.count } == structure, "no pack read apart from its reader")
         // A header larger than the read window is loaded on its own, and checks the same.
         counting.reset()
         var small = CheckOptions(readData: .all)
@@ -356,7 +333,7 @@ struct CheckTests {
         let windowed = await Checker.run(repository: repo, options: small)
         #expect(!windowed.hasErrors, "\(windowed)")
         #expect(windowed.statistics.blobsVerified == report.statistics.blobsVerified)
-        #expect(counting.packLoads.withLock { $0 } > structure, "headers over 64 bytes are read apart")
+        #expect(counting.packLoads.withLock { $0.count } > structure, "headers over 64 bytes are read apart")
     }
 
     @Test("a blob only the pack header lists is reported, and verified too")

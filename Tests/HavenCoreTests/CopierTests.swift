@@ -1,36 +1,12 @@
-import Synchronization
 import Testing
 @testable import HavenCore
 import HavenTestSupport
-
-/// Counts readers opened and loads of the packs in `dataPacks`.
-private final class PackReadCounter: StorageDecorator {
-    let base: any Storage
-    let dataPacks = Mutex<Set<String>>([])
-    let dataLoads = Mutex(0)
-    let readers = Mutex<[String]>([])
-    init(_ base: any Storage) { self.base = base }
-    var properties: StorageProperties { base.properties }
-    func create() async throws { try await base.create() }
-    func save(_ handle: Handle, _ data: [UInt8]) async throws { try await base.save(handle, data) }
-    func load(_ handle: Handle, offset: Int, length: Int?) async throws -> [UInt8] {
-        if handle.type == .pack, dataPacks.withLock({ $0.contains(handle.name) }) { dataLoads.withLock { $0 += 1 } }
-        return try await base.load(handle, offset: offset, length: length)
-    }
-    func reader(_ handle: Handle, offset: Int, length: Int) async throws -> any StorageReader {
-        readers.withLock { $0.append(handle.name) }
-        return try await base.reader(handle, offset: offset, length: length)
-    }
-    func stat(_ handle: Handle) async throws -> Int { try await base.stat(handle) }
-    func list(_ type: FileType) async throws -> [StoredFile] { try await base.list(type) }
-    func remove(_ handle: Handle) async throws { try await base.remove(handle) }
-}
 
 @Suite("Copy between repositories")
 struct CopierTests {
     /// A source with two snapshots of files spread over many small data packs (they share blobs), opened
     /// through a counter.
-    private static func source() async throws -> (CPFixture, Repository, PackReadCounter, [[UInt8]]) {
+    private static func source() async throws -> (CPFixture, Repository, CountingStorage, [[UInt8]]) {
         let fx = try await CPFixture.make()
         var rng = SeededRandom(seed: 50)
         let blobs = (0..<40).map { _ in rng.bytes(20_000 + Int(rng.next() % 20_000)) }
@@ -41,7 +17,7 @@ struct CopierTests {
         let w2 = BlobWriter(repository: fx.repo, packSize: 150_000, compression: .auto)
         try await fx.backup(Array(files.prefix(4)), sub: [CPFixture.File(name: "new", blobs: [rng.bytes(30_000)])],
                             writer: w2, time: cpTime("2024-03-02T10:00:00Z"))
-        let counter = PackReadCounter(fx.storage)
+        let counter = CountingStorage(fx.storage)
         let repo = try await Repository.open(storage: counter, password: CPFixture.password)
         try await repo.loadIndex()
         return (fx, repo, counter, blobs)
@@ -73,12 +49,12 @@ struct CopierTests {
         let (_, source, counter, _) = try await Self.source()
         let dataPacks = Set(source.index.allBlobs(.data).compactMap { source.index.lookup($0.0, .data)?.pack.hex })
         #expect(dataPacks.count >= 8, "the blobs are spread over many packs")
-        counter.dataPacks.withLock { $0 = dataPacks }
+        counter.reset()
         let destination = try await CPFixture.make()
         let snaps = try await Self.snapshots(source)
         let result = try await SnapshotCopier.copy(snaps, from: source, to: destination.repo, batchBytes: batchBytes)
         #expect(result.copied.count == 2)
-        #expect(counter.dataLoads.withLock { $0 } == 0, "no data blob was loaded on its own")
+        #expect(counter.packLoads.withLock { $0 }.filter(dataPacks.contains).isEmpty, "no data blob was loaded on its own")
         let readers = counter.readers.withLock { $0 }
         #expect(Set(readers).isSubset(of: dataPacks))
         if batchBytes >= 64 << 20 {
@@ -95,7 +71,7 @@ struct CopierTests {
         let report = await Checker.run(repository: copied, options: CheckOptions(readData: .all))
         #expect(!report.hasErrors, "\(report)")
         // A second copy finds everything there and reads nothing.
-        counter.readers.withLock { $0 = [] }
+        counter.reset()
         let again = try await SnapshotCopier.copy(snaps, from: source, to: copied)
         #expect(again.copied.isEmpty && again.skipped.count == 2)
         #expect(counter.readers.withLock { $0 }.isEmpty)

@@ -162,24 +162,22 @@ public final class RetryingStorage: StorageDecorator {
 /// reader is opened at the first read and again after each failure.
 private final class RetryingReader: StorageReader {
     private let storage: RetryingStorage
-    private let handle: Handle
-    private var offset: Int
-    private(set) var remaining: Int
+    private var range: ReadRange
     private var current: (any StorageReader)?
 
     init(_ storage: RetryingStorage, _ handle: Handle, offset: Int, length: Int) {
         self.storage = storage
-        self.handle = handle
-        self.offset = offset
-        self.remaining = length
+        self.range = ReadRange(handle, offset: offset, length: length)
     }
 
+    var remaining: Int { range.remaining }
+
     func read(_ count: Int) async throws -> [UInt8] {
-        precondition(count >= 0 && count <= remaining, "read beyond the reader's range")
-        let bytes = try await storage.retrying("reading \(handle)") { () async throws -> [UInt8] in
+        range.check(count)
+        let bytes = try await storage.retrying("reading \(range.handle)") { () async throws -> [UInt8] in
             let reader: any StorageReader
             if let current { reader = current } else {
-                reader = try await storage.base.reader(handle, offset: offset, length: remaining)
+                reader = try await storage.base.reader(range.handle, offset: range.offset, length: range.remaining)
                 current = reader
             }
             do {
@@ -190,8 +188,7 @@ private final class RetryingReader: StorageReader {
                 throw error
             }
         }
-        offset += count
-        remaining -= count
+        range.advance(count)
         return bytes
     }
 

@@ -140,29 +140,50 @@ public protocol StorageReader: AnyObject {
     func close() async
 }
 
-/// A reader that loads each piece with its own `load` (storage where a request costs little).
-final class RangedReader<S: Storage>: StorageReader {
-    let storage: S
-    let handle: Handle
-    private var offset: Int
-    private(set) var remaining: Int
+/// Where a reader stands in its range: the part of `handle` not read yet.
+public struct ReadRange: Sendable {
+    public let handle: Handle
+    public private(set) var offset: Int
+    public private(set) var remaining: Int
 
-    init(_ storage: S, _ handle: Handle, offset: Int, length: Int) {
-        self.storage = storage
+    public init(_ handle: Handle, offset: Int, length: Int) {
         self.handle = handle
         self.offset = offset
         self.remaining = length
     }
 
-    func read(_ count: Int) async throws -> [UInt8] {
+    /// Checks that `count` bytes are left to read (reading past the range is the caller's mistake).
+    public func check(_ count: Int) {
         precondition(count >= 0 && count <= remaining, "read beyond the reader's range")
-        guard count > 0 else { return [] }
-        let bytes = try await storage.load(handle, offset: offset, length: count)
-        guard bytes.count == count else {
-            throw HavenError(.corrupt, "\(handle) in \(storage.location) is shorter than expected: wanted \(count) bytes at offset \(offset), got \(bytes.count)")
-        }
+    }
+
+    /// Moves past `count` bytes that were read.
+    public mutating func advance(_ count: Int) {
         offset += count
         remaining -= count
+    }
+}
+
+/// A reader that loads each piece with its own `load` (storage where a request costs little).
+final class RangedReader<S: Storage>: StorageReader {
+    let storage: S
+    private var range: ReadRange
+
+    init(_ storage: S, _ handle: Handle, offset: Int, length: Int) {
+        self.storage = storage
+        self.range = ReadRange(handle, offset: offset, length: length)
+    }
+
+    var remaining: Int { range.remaining }
+
+    func read(_ count: Int) async throws -> [UInt8] {
+        range.check(count)
+        guard count > 0 else { return [] }
+        let bytes = try await storage.load(range.handle, offset: range.offset, length: count)
+        guard bytes.count == count else {
+            throw HavenError(.corrupt, "\(range.handle) in \(storage.location) is shorter than expected: wanted \(count) bytes at offset \(range.offset), got \(bytes.count)")
+        }
+        range.advance(count)
         return bytes
     }
 
