@@ -166,6 +166,7 @@ public final class S3Storage: Storage, @unchecked Sendable {
         let r = try await send(.GET, key: key, headers: headers, what: "reading \(handle)")
         switch r.status {
         case 200, 206:
+            if r.status == 206 { try checkRange(r.headers, handle, offset: offset) }
             var body = r.body
             if r.status == 200 && ranged {  // the server ignored the range
                 guard offset <= body.count else { throw short(handle, offset: offset, wanted: length ?? 0, got: 0) }
@@ -200,6 +201,7 @@ public final class S3Storage: Storage, @unchecked Sendable {
         let headers = [("range", "bytes=\(offset)-\(offset + length - 1)")]
         let (r, response) = try await sendStreaming(.GET, key: endpoint.key(handle.path), headers: headers, what: "reading \(handle)")
         if let response, r.status == 200 || r.status == 206 {
+            if r.status == 206 { try checkRange(r.headers, handle, offset: offset) }
             return (response.body, r.status == 200 ? offset : 0)
         }
         if r.status == 416 {
@@ -207,6 +209,17 @@ public final class S3Storage: Storage, @unchecked Sendable {
             throw short(handle, offset: offset, wanted: length, got: max(0, size - offset))
         }
         throw failure(r, "reading \(handle)")
+    }
+
+    /// A partial answer (206) must start where it was asked to: bytes from elsewhere in the object would
+    /// fail decryption and be reported as damage that is not there.
+    private func checkRange(_ headers: HTTPHeaders, _ handle: Handle, offset: Int) throws {
+        guard let range = headers.first(name: "content-range") else { return }  // length is checked instead
+        let spec = range.lowercased().hasPrefix("bytes ") ? range.dropFirst(6) : Substring(range)
+        guard let start = spec.split(separator: "-", maxSplits: 1).first.flatMap({ Int($0) }), start == offset else {
+            throw HavenError(.io, "S3 answered a request for \(handle) at offset \(offset) with the wrong range (Content-Range: \(range)) "
+                             + "in \(location); a proxy or cache between Haven and the server may be changing requests")
+        }
     }
 
     fileprivate func shortRead(_ handle: Handle, offset: Int, wanted: Int, got: Int) -> HavenError {

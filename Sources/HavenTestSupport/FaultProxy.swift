@@ -23,6 +23,8 @@ public final class FaultProxy: @unchecked Sendable {
         case stall(milliseconds: Int)
         /// Reset the connection right after accepting it.
         case reset
+        /// Read the request head and answer with these bytes (a whole HTTP response), then close.
+        case answer(String)
 
         public static let http500 = Fault.httpError(status: 500, code: "InternalError")
         public static let slowDown = Fault.httpError(status: 503, code: "SlowDown")
@@ -35,6 +37,7 @@ public final class FaultProxy: @unchecked Sendable {
             case .httpError(let s, let c): return "HTTP \(s) \(c)"
             case .stall(let ms): return "stall \(ms) ms"
             case .reset: return "reset"
+            case .answer(let text): return "answer \(text.prefix(while: { $0 != "\r" }))"
             }
         }
     }
@@ -143,20 +146,27 @@ public final class FaultProxy: @unchecked Sendable {
         close(fd)
     }
 
+    /// Reads the request head, sends `response`, and closes once the client has.
+    private func answer(_ client: Int32, _ response: String) {
+        _ = readHead(client)
+        _ = writeAll(client, Array(response.utf8)[...])
+        shutdown(client, Int32(SHUT_WR))
+        drain(client, seconds: 1)
+        finish(client)
+    }
+
     private func handle(_ client: Int32, _ fault: Fault) {
         switch fault {
         case .reset:
             reset(client)
             return
         case .httpError(let status, let code):
-            _ = readHead(client)
             let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>\(code)</Code><Message>injected by FaultProxy</Message></Error>"
             let reason = status == 503 ? "Service Unavailable" : "Internal Server Error"
-            let response = "HTTP/1.1 \(status) \(reason)\r\nContent-Type: application/xml\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
-            _ = writeAll(client, Array(response.utf8)[...])
-            shutdown(client, Int32(SHUT_WR))
-            drain(client, seconds: 1)
-            finish(client)
+            answer(client, "HTTP/1.1 \(status) \(reason)\r\nContent-Type: application/xml\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")
+            return
+        case .answer(let response):
+            answer(client, response)
             return
         case .stall(let ms):
             _ = readHead(client)

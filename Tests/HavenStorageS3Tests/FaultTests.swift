@@ -123,6 +123,30 @@ struct FaultTests {
         #expect(log.withLock { $0 }.count == 1, "\(log.withLock { $0 })")
     }
 
+    @Test("a partial answer for another range than the one asked for is a clear error, not damage")
+    func wrongRange() async throws {
+        let t = try Tools()
+        // Every connection answers bytes 0-9 of a 100-byte object, whatever was asked.
+        let wrong = "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-9/100\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789"
+        let proxy = try FaultProxy(upstreamPort: t.server.s3Port) { _ in .answer(wrong) }
+        defer { proxy.stop() }
+        var env = t.server.environment
+        env["AWS_DEFAULT_REGION"] = "us-east-1"
+        let s3 = try S3Storage(url: "s3:http://127.0.0.1:\(proxy.port)/wrong-range", environment: env, maxAttempts: 1)
+        let h = Handle(.pack, ID.hash([1]))
+        let loaded = await expectHavenError { _ = try await s3.load(h, offset: 50, length: 10) }
+        let read = await expectHavenError { try await s3.withReader(h, offset: 50, length: 10) { _ = try await $0.read(10) } }
+        try await s3.shutdown()
+        for e in [loaded, read] {
+            #expect(e?.code == .io, "\(e.map { "\($0)" } ?? "")")
+            #expect(e?.message.contains("wrong range") == true && e?.message.contains("bytes 0-9/100") == true, "\(e.map { "\($0)" } ?? "")")
+        }
+        // The same answer for a request at offset 0 is what was asked for.
+        let s3b = try S3Storage(url: "s3:http://127.0.0.1:\(proxy.port)/wrong-range", environment: env, maxAttempts: 1)
+        #expect(try await s3b.load(h, offset: 0, length: 10) == Array("0123456789".utf8))
+        try await s3b.shutdown()
+    }
+
     @Test("creating a bucket retries a 404 answer from a concurrent creation, and the bucket is then made")
     func bucketCreationRace() async throws {
         let t = try Tools()
