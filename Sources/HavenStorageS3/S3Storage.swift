@@ -222,10 +222,6 @@ public final class S3Storage: Storage, @unchecked Sendable {
         }
     }
 
-    fileprivate func shortRead(_ handle: Handle, offset: Int, wanted: Int, got: Int) -> HavenError {
-        short(handle, offset: offset, wanted: wanted, got: got)
-    }
-
     fileprivate func connectionFailure(_ error: any Error, reading handle: Handle) -> HavenError {
         if error is CancellationError { return HavenError(.cancelled, "reading \(handle) in \(location) was cancelled") }
         if let e = error as? HavenError { return e }
@@ -353,7 +349,7 @@ public final class S3Storage: Storage, @unchecked Sendable {
         }
     }
 
-    private func short(_ handle: Handle, offset: Int, wanted: Int, got: Int) -> HavenError {
+    fileprivate func short(_ handle: Handle, offset: Int, wanted: Int, got: Int) -> HavenError {
         HavenError(.corrupt, "\(handle) in \(location) is shorter than expected: wanted \(wanted) bytes at offset \(offset), got \(got)")
     }
 
@@ -579,7 +575,7 @@ final class S3Reader: StorageReader {
                     throw storage.connectionFailure(error, reading: handle)
                 }
                 guard let next else {
-                    throw storage.shortRead(handle, offset: range.offset, wanted: count, got: out.count)
+                    throw storage.short(handle, offset: range.offset, wanted: count, got: out.count)
                 }
                 body = iterator
                 piece = next

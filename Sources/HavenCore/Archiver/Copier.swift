@@ -181,17 +181,7 @@ extension SnapshotCopier {
                 end = e
             }
         }
-        var groups: [[[PackedBlob]]] = []
-        var previousEnd = 0
-        for range in ranges {
-            let s = Int(range[0].offset)
-            if !groups.isEmpty, s >= previousEnd, s - previousEnd <= maxGap {
-                groups[groups.count - 1].append(range)
-            } else {
-                groups.append([range])
-            }
-            previousEnd = SnapshotCopier.end(of: range)
-        }
-        return groups
+        let spans = ranges.map { Int($0[0].offset)..<SnapshotCopier.end(of: $0) }
+        return runsOfNearbySpans(spans, maxGap: maxGap).map { Array(ranges[$0]) }
     }
 }

@@ -423,9 +423,10 @@ public enum Checker {
         }
         // The header against the index; blobs only the header lists are verified too, each on its own.
         do {
+            // The last stretch may be shorter than the header, even than its 4-byte length (a window
+            // boundary can fall just before the end): then the header is read on its own.
             let header: Set<PackedBlob>
-            let length = try PackReader.headerLength(tail: tail, total: size, id: pack)
-            if tail.count >= length + 4 {
+            if tail.count >= 4, try PackReader.headerLength(tail: tail, total: size, id: pack) + 4 <= tail.count {
                 header = Set(try PackReader.header(tail: tail, total: size, id: pack, key: repository.key))
             } else {
                 header = Set(try await repository.loadPackHeader(pack, size: size))

@@ -642,18 +642,10 @@ final class RestoreRun: @unchecked Sendable {
     /// through one reader: a range joins the previous group unless the gap between them exceeds
     /// `maxReadGap` (those bytes are read and dropped).
     func sharedReads(_ ranges: [Range<Int>], of uses: [PlannedUse]) -> [[Range<Int>]] {
-        var groups: [[Range<Int>]] = []
-        var end = 0
-        for range in ranges {
-            let start = Int(uses[range.lowerBound].blob.offset)
-            if !groups.isEmpty && start >= end && start - end <= options.maxReadGap {
-                groups[groups.count - 1].append(range)
-            } else {
-                groups.append([range])
-            }
-            end = uses[range].map { Int($0.blob.offset) + Int($0.blob.length) }.max()!
+        let spans = ranges.map { r in
+            Int(uses[r.lowerBound].blob.offset)..<uses[r].map { Int($0.blob.offset) + Int($0.blob.length) }.max()!
         }
-        return groups
+        return runsOfNearbySpans(spans, maxGap: options.maxReadGap).map { Array(ranges[$0]) }
     }
 
     /// Restores the blobs of read ranges of one pack (see `readRuns`): one range is one `load`; several

@@ -140,6 +140,23 @@ public protocol StorageReader: AnyObject {
     func close() async
 }
 
+/// Groups spans of one file (in file order) into runs that one reader can serve front to back: a span
+/// joins the run before it when it starts at or after that run's end and at most `maxGap` bytes later (the
+/// gap is read and dropped). Returns the runs as index ranges into `spans`.
+func runsOfNearbySpans(_ spans: [Range<Int>], maxGap: Int) -> [Range<Int>] {
+    var runs: [Range<Int>] = []
+    var end = 0
+    for (i, span) in spans.enumerated() {
+        if let last = runs.last, span.lowerBound >= end, span.lowerBound - end <= maxGap {
+            runs[runs.count - 1] = last.lowerBound..<(i + 1)
+        } else {
+            runs.append(i..<(i + 1))
+        }
+        end = span.upperBound
+    }
+    return runs
+}
+
 /// Where a reader stands in its range: the part of `handle` not read yet.
 public struct ReadRange: Sendable {
     public let handle: Handle
