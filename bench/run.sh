@@ -587,7 +587,7 @@ pause_page_reporting() {
     # What is free, in 64 MiB pieces with one write per page, until less than 256 MiB is left free (the
     # kernel reclaims page cache to stay above its watermarks, and those pages are backed); then freed,
     # and kept by the guest. Pages left untouched would cost whoever gets them first: with 2 GiB left,
-    # one restore in the first round paid 1.8 s more system time than in the next rounds.
+    # the first round's binaries restore paid 1.7 s more system time than the next two.
     python3 - <<'PY' || log "touching free memory failed; some pages may still fault into the host"
 import re
 def free():
