@@ -52,6 +52,8 @@ final class SFTPConnection: @unchecked Sendable {
         var pending: [UInt32: Reply] = [:]
         /// The most requests ever outstanding at once (shows that transfers are pipelined).
         var peakPending = 0
+        /// OPEN requests sent (shows how many file handles reads took).
+        var opens = 0
         var failure: HavenError?
     }
 
@@ -72,6 +74,7 @@ final class SFTPConnection: @unchecked Sendable {
     var extensions: [String: String] { extensionsBox.withLock { $0 } }
     var isAlive: Bool { state.withLock { $0.failure == nil } }
     var peakOutstandingRequests: Int { state.withLock { $0.peakPending } }
+    var opensSent: Int { state.withLock { $0.opens } }
 
     private init(command: [String], location: String, requestTimeout: Double) throws {
         self.location = location
@@ -360,6 +363,7 @@ final class SFTPConnection: @unchecked Sendable {
             s.nextID &+= 1
             s.pending[id] = reply
             s.peakPending = max(s.peakPending, s.pending.count)
+            if type == SFTP.open { s.opens += 1 }
             return id
         }
         var w = PacketWriter(type: type)

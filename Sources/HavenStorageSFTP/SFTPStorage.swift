@@ -85,11 +85,11 @@ public final class SFTPStorage: Storage {
         }
     }
 
-    /// The current session's largest number of requests in flight at once, and its READ/WRITE sizes
-    /// (nil without a session). For tests and diagnostics.
-    func sessionStatistics() async -> (peakOutstanding: Int, readChunk: Int, writeChunk: Int)? {
+    /// The current session's largest number of requests in flight at once, its READ/WRITE sizes and the
+    /// files it opened (nil without a session). For tests and diagnostics.
+    func sessionStatistics() async -> (peakOutstanding: Int, readChunk: Int, writeChunk: Int, opens: Int)? {
         guard let task = current.withLock({ $0 }), let c = try? await task.value else { return nil }
-        return (c.peakOutstandingRequests, c.readChunk, c.writeChunk)
+        return (c.peakOutstandingRequests, c.readChunk, c.writeChunk, c.opensSent)
     }
 
     // MARK: Paths and errors
@@ -365,48 +365,72 @@ public final class SFTPStorage: Storage {
     }
 
     private func readRange(_ c: SFTPConnection, _ fh: [UInt8], _ path: String, offset: Int, count: Int) async throws -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: count)
-        let chunk = c.readChunk, window = max(8, SFTP.inFlightBytes / chunk)
-        // Requests in flight: (position in `out`, bytes wanted, reply).
-        var inFlight: [(Int, Int, Reply)] = []
-        var next = 0
-        var shortOf: Int?
-        func issue(_ pos: Int, _ want: Int) throws {
-            inFlight.append((pos, want, try c.send(SFTP.read) { w in
-                w.string(fh)
-                w.u64(UInt64(offset + pos))
-                w.u32(UInt32(want))
-            }))
+        var pipeline = ReadPipeline(c, fh, path, offset: offset, length: count)
+        return try await pull(&pipeline, count)
+    }
+
+    /// Opens `handle` and reads `length` bytes from `offset` through one file handle, with read requests
+    /// kept up to `SFTP.inFlightBytes` ahead of the caller: one open and one close for the whole range,
+    /// and no round trip between the pieces the caller asks for.
+    public func reader(_ handle: Handle, offset: Int, length: Int) async throws -> any StorageReader {
+        guard offset >= 0, length >= 0 else {
+            throw HavenError(.invalidArgument, "invalid range offset \(offset) length \(length) for \(handle.path)")
         }
-        while next < count || !inFlight.isEmpty {
-            while next < count && inFlight.count < window && shortOf == nil {
-                let want = min(chunk, count - next)
-                try issue(next, want)
-                next += want
+        return SFTPReader(self, handle, offset: offset, length: length)
+    }
+
+    /// Opens `path` for reading, for a reader.
+    fileprivate func openForReading(_ handle: Handle) async throws -> (SFTPConnection, [UInt8], String) {
+        let c = try await connection()
+        let path = remote(handle.path)
+        return (c, try await openFile(c, path, flags: SFTP.openRead, permissions: nil, operation: "open"), path)
+    }
+
+    fileprivate func closeAfterReading(_ c: SFTPConnection, _ fh: [UInt8], _ path: String) async {
+        _ = try? await closeHandle(c, fh, path)
+    }
+
+    /// The pipeline's next `count` bytes, asking for more as answers come in: up to `count` bytes and the
+    /// pipeline's read-ahead past them, at most `SFTP.inFlightBytes` at once. A server may answer a read
+    /// with fewer bytes than asked: the rest is asked for at once and taken before the answers after it.
+    /// The end of the file before the end of the range is `.corrupt`.
+    fileprivate func pull(_ p: inout ReadPipeline, _ count: Int) async throws -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(count)
+        if !p.spill.isEmpty {
+            let n = min(count, p.spill.count)
+            out.append(contentsOf: p.spill.prefix(n))
+            p.spill.removeFirst(n)
+        }
+        let chunk = p.connection.readChunk, window = max(8, SFTP.inFlightBytes / chunk)
+        let goal = min(p.end, p.taken + count + p.ahead)
+        while out.count < count {
+            while p.asked < goal && p.inFlight.count < window {
+                let want = min(chunk, goal - p.asked)
+                p.inFlight.append((p.asked, want, try p.ask(p.asked, want)))
+                p.asked += want
             }
-            if inFlight.isEmpty { break }
-            let (pos, want, reply) = inFlight.removeFirst()
+            let (at, want, reply) = p.inFlight.removeFirst()
             let r = try await reply.value()
-            if r.type == SFTP.status, try statusCode(c, r) == SFTP.eof {
-                shortOf = min(shortOf ?? pos, pos)
-                continue
+            var bytes: ArraySlice<UInt8> = []
+            let atEnd = try statusCode(p.connection, r) == SFTP.eof
+            if !atEnd {
+                var reader = try expect(p.connection, r, SFTP.data, "read", p.path)
+                bytes = try p.connection.decode(r) { _ in try reader.string() }
             }
-            var reader = try expect(c, r, SFTP.data, "read", path)
-            let chunk = try c.decode(r) { _ in try reader.string() }
-            guard chunk.count <= want else {
-                throw HavenError(.io, "protocol error from the SFTP server at \(location): read of \(want) bytes returned \(chunk.count)")
+            guard bytes.count <= want else {
+                throw HavenError(.io, "protocol error from the SFTP server at \(location): read of \(want) bytes returned \(bytes.count)")
             }
-            if chunk.isEmpty {
-                shortOf = min(shortOf ?? pos, pos)
-                continue
+            guard !bytes.isEmpty else {
+                throw HavenError(.corrupt, "\(p.path) is shorter than expected: wanted \(p.end - p.start) bytes at offset \(p.start), got \(at - p.start)")
             }
-            out.replaceSubrange(pos..<(pos + chunk.count), with: chunk)
-            // A server may return less than asked: ask for the rest.
-            if chunk.count < want { try issue(pos + chunk.count, want - chunk.count) }
+            if bytes.count < want { p.inFlight.insert((at + bytes.count, want - bytes.count, try p.ask(at + bytes.count, want - bytes.count)), at: 0) }
+            let n = min(bytes.count, count - out.count)
+            out.append(contentsOf: bytes.prefix(n))
+            if n < bytes.count { p.spill = bytes.dropFirst(n) }
         }
-        if let shortOf {
-            throw HavenError(.corrupt, "\(path) is shorter than expected: wanted \(count) bytes at offset \(offset), got \(shortOf)")
-        }
+        p.taken += count
+        p.ahead = min(SFTP.inFlightBytes, max(2 * p.ahead, count))
         return out
     }
 
@@ -482,5 +506,78 @@ public final class SFTPStorage: Storage {
     public func remove(_ handle: Handle) async throws {
         let c = try await connection()
         try await removeFile(c, remote(handle.path))
+    }
+}
+
+/// The read requests for a range of an open file: sent in file order, answered in any order, taken in
+/// file order.
+struct ReadPipeline {
+    let connection: SFTPConnection
+    let handle: [UInt8]
+    let path: String
+    /// The range, as file offsets.
+    let start: Int, end: Int
+    /// Where the next request starts, and where the next byte taken is.
+    var asked: Int, taken: Int
+    /// How far past what a caller takes to ask ahead: none at first (a reader may be closed after its
+    /// first piece), then doubling with each piece taken, up to `SFTP.inFlightBytes`.
+    var ahead = 0
+    /// Requests not taken yet, in file order: offset, bytes asked for, the answer.
+    var inFlight: [(Int, Int, Reply)] = []
+    /// Bytes of the last answer beyond what was taken.
+    var spill: ArraySlice<UInt8> = []
+
+    init(_ connection: SFTPConnection, _ handle: [UInt8], _ path: String, offset: Int, length: Int) {
+        self.connection = connection
+        self.handle = handle
+        self.path = path
+        start = offset
+        end = offset + length
+        asked = offset
+        taken = offset
+    }
+
+    func ask(_ offset: Int, _ count: Int) throws -> Reply {
+        try connection.send(SFTP.read) { w in
+            w.string(handle)
+            w.u64(UInt64(offset))
+            w.u32(UInt32(count))
+        }
+    }
+}
+
+/// A range read through one file handle (see `SFTPStorage.reader`). The file is opened at the first read;
+/// closing drops the answers not taken and closes the handle.
+final class SFTPReader: StorageReader {
+    private let storage: SFTPStorage
+    private var range: ReadRange
+    private var pipeline: ReadPipeline?
+    private var closed = false
+
+    init(_ storage: SFTPStorage, _ handle: Handle, offset: Int, length: Int) {
+        self.storage = storage
+        range = ReadRange(handle, offset: offset, length: length)
+    }
+
+    var remaining: Int { range.remaining }
+
+    func read(_ count: Int) async throws -> [UInt8] {
+        range.check(count)
+        precondition(!closed, "read from a closed reader")
+        if pipeline == nil {
+            let (c, fh, path) = try await storage.openForReading(range.handle)
+            pipeline = ReadPipeline(c, fh, path, offset: range.offset, length: range.remaining)
+        }
+        let out = try await storage.pull(&pipeline!, count)
+        range.advance(count)
+        return out
+    }
+
+    func close() async {
+        guard !closed else { return }
+        closed = true
+        guard let p = pipeline else { return }
+        pipeline = nil
+        await storage.closeAfterReading(p.connection, p.handle, p.path)
     }
 }

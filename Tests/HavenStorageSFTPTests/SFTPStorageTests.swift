@@ -145,6 +145,27 @@ struct SFTPStorageTests {
         }
     }
 
+    @Test("a reader opens its file once and asks ahead of the pieces it is asked for", .timeLimit(.minutes(1)))
+    func readerStreams() async throws {
+        try await withServed(create: false) { s in
+            let data = SeededRandom.bytes(seed: 91, 9 << 20)
+            let h = Handle(.pack, ID.hash(data))
+            try await s.storage.save(h, data)
+            await s.storage.close()  // the reads below get a session of their own, and its statistics
+            let back = try await s.storage.withReader(h, offset: 5, length: data.count - 5) { reader in
+                var out: [UInt8] = []
+                while reader.remaining > 0 { out += try await reader.read(min(reader.remaining, 1 << 20)) }
+                return out
+            }
+            expectSameBytes(back, data[5...], "9 MiB read in 1 MiB pieces")
+            let stats = try #require(await s.storage.sessionStatistics())
+            // One load per piece (the default reader) would open the file 9 times, and keep at most one
+            // piece's requests in flight: 1 MiB is 5 of OpenSSH's ~255 KiB reads.
+            #expect(stats.opens == 1, "the file was opened \(stats.opens) times")
+            #expect(stats.peakOutstanding >= 8, "at most \(stats.peakOutstanding) requests in flight (READ \(stats.readChunk) bytes each)")
+        }
+    }
+
     @Test("a reply is freed once it has been read, not held until its request's timeout", .timeLimit(.minutes(1)))
     func repliesAreReleased() async throws {
         try await withServed(create: false) { s in
