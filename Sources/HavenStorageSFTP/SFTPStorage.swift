@@ -342,9 +342,7 @@ public final class SFTPStorage: Storage {
         guard offset >= 0, (length ?? 0) >= 0 else {
             throw HavenError(.invalidArgument, "invalid range offset \(offset) length \(length ?? -1) for \(handle.path)")
         }
-        let c = try await connection()
-        let path = remote(handle.path)
-        let fh = try await openFile(c, path, flags: SFTP.openRead, permissions: nil, operation: "open")
+        let (c, fh, path) = try await openForReading(handle)
         do {
             let count: Int
             if let length {
@@ -379,7 +377,7 @@ public final class SFTPStorage: Storage {
         return SFTPReader(self, handle, offset: offset, length: length)
     }
 
-    /// Opens `path` for reading, for a reader.
+    /// Opens `handle` for reading (for `load` and readers): the session, the file handle and its path.
     fileprivate func openForReading(_ handle: Handle) async throws -> (SFTPConnection, [UInt8], String) {
         let c = try await connection()
         let path = remote(handle.path)
