@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <sys/mman.h>
 #include "CHavenShims.h"
@@ -7,6 +8,9 @@
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #ifdef __linux__
 #include <sys/prctl.h>
 #include <sys/random.h>
@@ -94,6 +98,19 @@ int haven_trim_code_pages(void) {
 #else
     return 0;
 #endif
+}
+
+int haven_keep_freed_memory(size_t largest_reused, size_t kept_free) {
+#ifdef __GLIBC__
+    if (largest_reused > INT_MAX || kept_free > INT_MAX) return -1;
+    // Setting either also stops glibc from moving the thresholds by itself.
+    if (mallopt(M_MMAP_THRESHOLD, (int)largest_reused) != 1) return -1;
+    if (mallopt(M_TRIM_THRESHOLD, (int)kept_free) != 1) return -1;
+#else
+    (void)largest_reused;
+    (void)kept_free;
+#endif
+    return 0;
 }
 
 int haven_random_bytes(void *buffer, size_t count) {

@@ -22,6 +22,9 @@ struct Main {
         }
         do {
             var command = try Haven.parseAsRoot(args)
+            // A command reuses the memory it frees rather than faulting it in again (restore, check);
+            // the daemon idles between jobs, which run as commands of their own, and keeps the default.
+            if !(command is DaemonCommand) { FreedMemory.keepForReuse() }
             if let asyncCommand = command as? AsyncParsableCommand {
                 // SIGINT and SIGTERM cancel the command, which releases its lock and leaves the repository
                 // consistent (what was uploaded is reused next time); a second signal exits at once.

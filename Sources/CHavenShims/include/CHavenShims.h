@@ -23,6 +23,11 @@ int haven_signal_pipe(int sig);
 /// off the kernel's fault-around for them, so only code that actually runs from now on is resident.
 /// Returns the number of mappings trimmed (-1 if /proc is unavailable). Linux only; 0 elsewhere.
 int haven_trim_code_pages(void);
+/// Tells the C allocator to serve blocks up to `largest_reused` bytes from its heap rather than from
+/// mappings of their own, and to keep up to `kept_free` bytes of freed memory at a heap's top instead of
+/// handing it back to the kernel, so that a buffer freed and allocated again is not faulted in again page
+/// by page. Returns 0, or -1 when the allocator refused a setting. glibc only; 0 elsewhere.
+int haven_keep_freed_memory(size_t largest_reused, size_t kept_free);
 /// Fills `buffer` with `count` bytes from the kernel's CSPRNG (getrandom(2)). Returns 0, or -1 on error.
 int haven_random_bytes(void *buffer, size_t count);
 
