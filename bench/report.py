@@ -9,7 +9,7 @@ OUTDIR holds (tab-separated, one record a line):
   steps.tsv   round, corpus, tool, step, wall_s, user_s, sys_s, maxrss_kb, exit_code[, server_cpu_s, requests]
   sizes.tsv   round, corpus, tool, when, bytes[, objects]
   verify.tsv  round, corpus, tool, result (ok|DIFFERS|SKIPPED), detail
-  kdf.tsv     round, corpus, N,r,p of the scrypt key both Haven and restic used (local runs with both)
+  kdf.tsv     round, corpus, N,r,p of the scrypt key both Haven and restic used (runs with both)
 
 server_cpu_s (S3 and SFTP) is the CPU time the server (SeaweedFS; sshd's sessions) used during the step, requests (S3 only) the S3
 requests it served during the step by type ("GET=12,LIST=3,PUT=4"); objects (S3 only) the number of objects

@@ -663,7 +663,7 @@ run_steps() {
     local round=$1 corpus=$2 tool=$3 repo=$4 live=$5
     BORG_N=0
     tool_cmd "$tool" init "$repo" "$live"; timed "$round" "$corpus" "$tool" init "${CMD[@]}" || return 0
-    share_polynomial "$round" "$tool" "$REPO_DIR" || return 0
+    share_polynomial "$round" "$corpus" "$tool" "$repo" || return 0
     BORG_N=1
     tool_cmd "$tool" backup "$repo" "$live"; timed "$round" "$corpus" "$tool" backup1 "${CMD[@]}" || return 0
     record_size "$round" "$corpus" "$tool" after_first "$REPO_DIR"
@@ -703,14 +703,14 @@ run_steps() {
 # Chunk boundaries depend on each repository's random chunker polynomial, and so does how much a changed
 # file adds: on the random corpus, one polynomial's repository grew by 19.4 MiB and another's by 23.4 MiB
 # for the same change, while Haven and restic given the same polynomial added 21.297 MiB each. So in each
-# round Haven and restic chunk with one polynomial, from a repository made for the round, and the size
-# ratio compares the tools rather than two draws. The timed init stays a plain init; the repository it
-# made is replaced, untimed, by one that copies the round's polynomial.
+# round Haven and restic chunk with one polynomial, from a local repository made for the round, and the
+# size ratio compares the tools rather than two draws. The timed init stays a plain init; the repository
+# it made (a directory, or with --s3 a bucket) is replaced, untimed, by one that copies the round's
+# polynomial.
 POLY_SOURCE="" POLY_SHARED=""
 make_polynomial_source() {
     local round=$1
     POLY_SOURCE=""
-    [ "$S3" = 1 ] && return 0
     uses haven && uses restic || return 0
     POLY_SOURCE="$BENCH_DIR/repos/polynomial-r$round"
     rm -rf "$POLY_SOURCE"; mkdir -p "$BENCH_DIR/repos"
@@ -722,24 +722,33 @@ make_polynomial_source() {
     fi
 }
 share_polynomial() {
-    local round=$1 tool=$2 repo=$3 log="$LOGDIR/r$round-$(basename "$repo")-polynomial.log"
+    local round=$1 corpus=$2 tool=$3 repo=$4 log="$LOGDIR/r$round-$tool-$corpus-polynomial.log" target
     [ -n "$POLY_SOURCE" ] || return 0
+    case "$tool" in haven|restic) ;; *) return 0 ;; esac
+    # SFTP repositories are re-made through their local directory, the same files.
+    if [ "$S3" = 1 ]; then
+        target=$repo
+        weed_shell "s3.bucket.delete -name $S3_BUCKET" || true
+    else
+        target=$REPO_DIR
+        rm -rf "$REPO_DIR"
+    fi
     case "$tool" in
-        haven) rm -rf "$repo"
-               HAVEN_FROM_PASSWORD=$HAVEN_PASSWORD "$HAVEN" -r "$repo" init --copy-chunker-params --from-repo "$POLY_SOURCE" >"$log" 2>&1 ;;
-        restic) rm -rf "$repo"
-                if [ -n "$STAGED" ]; then
-                    mv "$STAGED" "$repo"
+        haven) HAVEN_FROM_PASSWORD=$HAVEN_PASSWORD "$HAVEN" -r "$target" init --copy-chunker-params --from-repo "$POLY_SOURCE" >"$log" 2>&1 ;;
+        restic) if [ -n "$STAGED" ] && [ "$S3" = 1 ]; then
+                    python3 "$HERE/s3util.py" upload "$S3_ENDPOINT" "$S3_BUCKET" "$S3_PREFIX" "$STAGED" >"$log" 2>&1
+                elif [ -n "$STAGED" ]; then
+                    mv "$STAGED" "$REPO_DIR"
                 else
-                    RESTIC_FROM_PASSWORD=$RESTIC_PASSWORD restic -r "$repo" init --repository-version 2 --copy-chunker-params --from-repo "$POLY_SOURCE" >"$log" 2>&1
+                    RESTIC_FROM_PASSWORD=$RESTIC_PASSWORD restic -r "$target" init --repository-version 2 --copy-chunker-params --from-repo "$POLY_SOURCE" >"$log" 2>&1
                 fi ;;
-        *) return 0 ;;
-    esac || { echo "$tool could not re-init $repo with round $round's polynomial (see $log)" >>"$OUT/failures.txt"; return 1; }
+    esac || { echo "$tool could not re-init $target with round $round's polynomial (see $log)" >>"$OUT/failures.txt"; return 1; }
 }
 
 # restic calibrates scrypt whenever it makes a key, and its calibration on this machine drifts between
 # p = 3 and 7 from one minute to the next; its `init --copy-chunker-params` above would make a key of its
-# own. So restic's repository for a round and corpus is made here, untimed, before either tool runs, and
+# own. So restic's repository for a round and corpus is made here, untimed, before either tool runs (locally;
+# with --s3 its files are uploaded into the bucket in place of the timed init's), and
 # Haven's key in that round gets the N, r, p that repository's key has: each password check then costs
 # both tools the same work in every round (kdf.tsv records them).
 STAGED=""

@@ -7,6 +7,10 @@
   s3util.py size ENDPOINT BUCKET PREFIX   print "BYTES OBJECTS": the sum of the sizes of all objects under
                                           PREFIX/ (ListObjectsV2), i.e. what the repository occupies as seen
                                           by an S3 client
+  s3util.py upload ENDPOINT BUCKET PREFIX DIR
+                                          create BUCKET if it does not exist and put every file under DIR
+                                          as PREFIX/<its path below DIR> (a local repository made into an
+                                          S3 one: same layout, empty directories left out)
   s3util.py requests METRICS_URL [BEFORE] print the S3 requests SeaweedFS has served so far, by type, as
                                           "GET=12,GET-range=40,LIST=3,PUT=4" (from its Prometheus counter
                                           SeaweedFS_s3_request_total, all buckets; GET-range = status 206,
@@ -113,6 +117,32 @@ def size(endpoint, bucket, prefix):
     return 0
 
 
+def upload(endpoint, bucket, prefix, directory):
+    st, body = request("PUT", endpoint, f"/{bucket}")
+    if st not in (200, 409):
+        print(f"s3util: creating bucket {bucket}: HTTP {st}: {body[:300].decode(errors='replace')}", file=sys.stderr)
+        return 1
+    prefix = prefix.strip("/")
+    count = 0
+    for root, _, files in os.walk(directory):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            key = os.path.relpath(path, directory).replace(os.sep, "/")
+            with open(path, "rb") as f:
+                data = f.read()
+            st, body = request("PUT", endpoint, f"/{bucket}/{prefix}/{key}" if prefix else f"/{bucket}/{key}", body=data)
+            if st != 200:
+                print(f"s3util: putting {key} into {bucket}: HTTP {st}: {body[:300].decode(errors='replace')}",
+                      file=sys.stderr)
+                return 1
+            count += 1
+    if count == 0:
+        print(f"s3util: nothing to upload under {directory}", file=sys.stderr)
+        return 1
+    print(f"uploaded {count} files from {directory} to {bucket}/{prefix}")
+    return 0
+
+
 def requests(metrics_url, before=None):
     counts = {}
     with urllib.request.urlopen(metrics_url, timeout=30) as r:
@@ -144,6 +174,8 @@ def main(argv):
         return wait(argv[2], float(argv[3]))
     if len(argv) == 5 and argv[1] == "size":
         return size(argv[2], argv[3], argv[4])
+    if len(argv) == 6 and argv[1] == "upload":
+        return upload(argv[2], argv[3], argv[4], argv[5])
     if len(argv) in (3, 4) and argv[1] == "requests":
         return requests(argv[2], argv[3] if len(argv) == 4 and argv[3] != "none" else None)
     raise SystemExit(__doc__)
