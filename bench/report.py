@@ -218,7 +218,11 @@ def main(outdir, results_md):
     if "loop device" in meta.get("restore_fs", ""):
         out.append(f"- Restores write to {meta['restore_fs']}. (This machine's own ext4 has no journal; there, creating "
                    "files within minutes of a mass deletion costs up to a minute of system time, and that fell on whichever "
-                   "tool reached its restore soonest after the previous run.)")
+                   "tool reached its restore soonest after the previous run.)"
+                   + (" With direct I/O, what a restore writes is cached once, as the restored files; through the page "
+                      "cache the image's copy of each block would outlive the files and fill memory over a run, and the "
+                      "kernel's reclaim would then fall on whichever tool restored next."
+                      if "direct I/O" in meta["restore_fs"] else ""))
     elif meta.get("restore_fs"):
         out.append(f"- Restores write to {meta['restore_fs']}.")
     if meta.get("host_memory", "").startswith("no "):
