@@ -7,6 +7,7 @@ import Testing
 
 @Suite("Freed memory is reused")
 struct FreedMemoryTests {
+    #if canImport(Glibc)
     /// Minor page faults taken by the calling thread so far.
     static func threadFaults() -> Int {
         var usage = rusage()
@@ -14,7 +15,6 @@ struct FreedMemoryTests {
         return usage.ru_minflt
     }
 
-    #if canImport(Glibc)
     @Test("blocks of growing size, each freed before the next, reuse the same pages instead of faulting in new ones")
     func growingBlocksReusePages() throws {
         #expect(FreedMemory.keepForReuse())

@@ -9,9 +9,9 @@ import CHavenShims
 /// same memory was unmapped and faulted in again zero-filled, page by page, all the time.
 ///
 /// Measured on the Swift toolchain's binaries (1.84 GiB; release build, alternating runs): restore took
-/// 1.42–1.55 s with 86,800–90,300 page faults and 0.70–0.99 s of system time by default, 1.31–1.34 s
-/// with about 15,000 and 0.50–0.59 s with these settings; `check --read-data` 48,100–63,700 faults and
-/// 0.14–0.22 s of system time, about 11,000 and 0.04–0.07 s. Peak RSS grows by 1–4 MB. Larger settings
+/// 1.39–1.62 s with 86,800–90,300 page faults and 0.70–0.99 s of system time by default, 1.31–1.43 s
+/// with about 15,000 and 0.49–0.70 s with these settings; `check --read-data` 48,100–63,700 faults and
+/// 0.14–0.22 s of system time, about 11,000 and 0.04–0.07 s. Peak RSS grows by 1–5 MB. Larger settings
 /// (32 MiB blocks, 64 MiB kept) fault a little less (11,000) but are no faster, and they raised the peak
 /// RSS of a first backup of 200,000 tiny files from 105 to 135 MB: memory an arena kept after a burst is
 /// not there for another arena to reuse. Backups read files into reused buffers (`ChunkPool`) already.
